@@ -1,0 +1,15 @@
+"""Everything a backend needs to enqueue SnackVideo events. Never imports ``worker``."""
+
+from producers.enqueue import Producer, enqueue, enqueue_many
+from producers.errors import DispatchError, EnqueueError, InvalidEvent
+from producers.models import validate_payload
+
+__all__ = [
+    "DispatchError",
+    "EnqueueError",
+    "InvalidEvent",
+    "Producer",
+    "enqueue",
+    "enqueue_many",
+    "validate_payload",
+]

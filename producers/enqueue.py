@@ -1,0 +1,198 @@
+"""Enqueue validated events: one atomic Lua call per batch, retried for a bounded time.
+
+A call either returns job ids that are in Redis or raises: validation errors raise
+``InvalidEvent`` before anything is written, and a Redis that does not answer within
+``SNACKVIDEO_ENQUEUE_TIMEOUT_SECONDS`` raises ``EnqueueError``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from producers.errors import EnqueueError, InvalidEvent
+from producers.keys import DELIVERY_QUEUE, idempotency_key
+from producers.message import build_message
+from producers.models import JOB_SCHEMA_VERSION, validate_payload, validate_store_id
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_IDEMPOTENCY_TTL_SECONDS = 48 * 3600
+DEFAULT_ENQUEUE_TIMEOUT_SECONDS = 5.0
+
+# Errors after which the same call may succeed: a restart, a failover, a full Redis that
+# the operator is draining. Anything else (a bug, a bad script) fails at once.
+TRANSIENT_REDIS_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.TryAgainError,
+)
+
+_ENQUEUE_LUA = resources.files("producers").joinpath("lua/enqueue.lua").read_text()
+
+
+class Producer:
+    """Publishes jobs to one Redis. Thread-safe; create one per process and reuse it."""
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        timeout_seconds: float | None = None,
+        idempotency_ttl_seconds: int | None = None,
+        client: redis.Redis | None = None,
+    ) -> None:
+        env = os.environ
+        self.redis_url = redis_url or env.get("REDIS_URL", DEFAULT_REDIS_URL)
+        self.timeout_seconds = timeout_seconds or float(
+            env.get("SNACKVIDEO_ENQUEUE_TIMEOUT_SECONDS", DEFAULT_ENQUEUE_TIMEOUT_SECONDS)
+        )
+        self.idempotency_ttl_seconds = idempotency_ttl_seconds or int(
+            env.get("SNACKVIDEO_IDEMPOTENCY_TTL_SECONDS", DEFAULT_IDEMPOTENCY_TTL_SECONDS)
+        )
+        # redis-py's own retry is switched off so that the one policy below bounds the call.
+        socket_timeout = min(2.0, self.timeout_seconds)
+        self.client = client or redis.Redis.from_url(
+            self.redis_url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._script = self.client.register_script(_ENQUEUE_LUA)
+
+    def enqueue(
+        self, store_id: str, payload: dict[str, Any], idempotency_key: str | None = None
+    ) -> str:
+        return self.enqueue_many(
+            store_id, [payload], idempotency_keys=[idempotency_key], _single=True
+        )[0]
+
+    def enqueue_many(
+        self,
+        store_id: str,
+        payloads: Sequence[dict[str, Any]],
+        *,
+        idempotency_keys: Sequence[str | None] | None = None,
+        _single: bool = False,
+    ) -> list[str]:
+        store_id = validate_store_id(store_id)
+        if idempotency_keys is not None and len(idempotency_keys) != len(payloads):
+            raise ValueError("idempotency_keys must have one entry per payload")
+        keys = list(idempotency_keys or [None] * len(payloads))
+        validated = _validate_all(payloads, single=_single)
+        if not validated:
+            return []
+        argv: list[Any] = [self.idempotency_ttl_seconds, len(validated)]
+        now = time.time()
+        for payload, key in zip(validated, keys, strict=True):
+            job_id = str(uuid.uuid4())
+            kwargs = {
+                "job_id": job_id,
+                "store_id": store_id,
+                "payload": payload,
+                "enqueued_at": now,
+                "schema": JOB_SCHEMA_VERSION,
+            }
+            argv += [_idempotency_arg(store_id, key), job_id, build_message(kwargs, task_id=job_id)]
+        result = self._publish(argv)
+        return [item.decode() if isinstance(item, bytes) else str(item) for item in result]
+
+    def _publish(self, argv: list[Any]) -> list[Any]:
+        retrying = Retrying(
+            retry=retry_if_exception_type(TRANSIENT_REDIS_ERRORS),
+            stop=stop_after_delay(self.timeout_seconds),
+            wait=wait_exponential_jitter(initial=0.05, max=1.0),
+            reraise=False,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return list(self._script(keys=[DELIVERY_QUEUE], args=argv))
+        except RetryError as exc:
+            cause = exc.last_attempt.exception()
+            raise EnqueueError(
+                f"Redis did not accept the job within {self.timeout_seconds:g}s: {cause}"
+            ) from cause
+        except redis.RedisError as exc:
+            raise EnqueueError(f"Redis refused the job: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _idempotency_arg(store_id: str, key: str | None) -> str:
+    if key is None:
+        return ""
+    if not isinstance(key, str) or not key:
+        raise InvalidEvent([("idempotency_key", "must be a non-empty string")])
+    return idempotency_key(store_id, key)
+
+
+def _validate_all(payloads: Sequence[object], *, single: bool) -> list[dict[str, Any]]:
+    """Validate every payload before anything is written; name each offending one."""
+    problems: list[tuple[str, str]] = []
+    validated: list[dict[str, Any]] = []
+    for index, payload in enumerate(payloads):
+        try:
+            validated.append(validate_payload(payload))
+        except InvalidEvent as exc:
+            prefix = "" if single else f"payloads[{index}]."
+            problems += [(prefix + field, message) for field, message in exc.problems]
+    if problems:
+        raise InvalidEvent(problems)
+    return validated
+
+
+_default: Producer | None = None
+_default_lock = threading.Lock()
+
+
+def default_producer() -> Producer:
+    """The process-wide producer, built from the environment on first use."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Producer()
+        return _default
+
+
+def reset_default_producer() -> None:
+    """Forget the process-wide producer (after a fork, or when REDIS_URL changed)."""
+    global _default
+    with _default_lock:
+        if _default is not None:
+            _default.close()
+        _default = None
+
+
+def enqueue(store_id: str, payload: dict[str, Any], idempotency_key: str | None = None) -> str:
+    """Validate one event and enqueue it; returns the job id (the first one for a repeated key)."""
+    return default_producer().enqueue(store_id, payload, idempotency_key)
+
+
+def enqueue_many(
+    store_id: str,
+    payloads: Sequence[dict[str, Any]],
+    idempotency_keys: Sequence[str | None] | None = None,
+) -> list[str]:
+    """Validate every event, then enqueue them all in one atomic round trip."""
+    return default_producer().enqueue_many(store_id, payloads, idempotency_keys=idempotency_keys)

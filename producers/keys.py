@@ -1,0 +1,21 @@
+"""Names the producer shares with the worker: the task, its queue, the idempotency keys.
+
+The whole Redis key layout is documented in ``worker/keys.py``; the names a producer
+needs live here because ``producers`` must never import ``worker``.
+"""
+
+from __future__ import annotations
+
+#: Celery task that delivers one job. Producers publish by this name only.
+DELIVER_TASK = "snackvideo.deliver"
+
+#: The kombu/Redis list the workers consume (``task_default_queue``).
+DELIVERY_QUEUE = "snackvideo"
+
+#: Every key this project owns starts with this, so one ``SCAN`` finds them all.
+KEY_PREFIX = "snackvideo:"
+
+
+def idempotency_key(store_id: str, key: str) -> str:
+    # Scoped by store: two shops may well both use "order-1001-purchase".
+    return f"{KEY_PREFIX}idem:{store_id}:{key}"

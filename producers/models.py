@@ -1,0 +1,321 @@
+"""The request body of Scalev's SnackVideo events endpoint, and the Celery job that carries it.
+
+The models follow the OpenAPI schema of
+``POST /v3/stores/{store_id}/public/analytics/snackvideo/events`` and exist to *check* a
+payload, not to rewrite it. ``validate_payload`` returns the caller's original dict rather
+than ``model_dump()``: the schema allows extra keys whose meaning we do not know, and pydantic
+would normalise URL strings (``https://a.example`` becomes ``https://a.example/``). What
+reaches Scalev must be byte-for-byte what the backend gave us, so a model dump never goes on
+the wire.
+
+Integers are strict on purpose: ``True``, ``"5"`` and ``5.0`` all pass pydantic's lax mode
+and would be sent as they are, because the original payload is what is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AnyUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+
+from producers.errors import InvalidEvent
+
+__all__ = [
+    "JOB_SCHEMA_VERSION",
+    "BundlePriceOptionItem",
+    "ConversionEvent",
+    "EventProperties",
+    "EventRequest",
+    "JobMessage",
+    "VariantItem",
+    "validate_job",
+    "validate_payload",
+    "validate_store_id",
+]
+
+JOB_SCHEMA_VERSION = 1
+
+Quantity = Annotated[StrictInt, Field(ge=1)]
+_ANY_URL: TypeAdapter[AnyUrl] = TypeAdapter(AnyUrl)
+# Characters that would change which URL a store_id-in-the-path points at.
+_PATH_BREAKERS = frozenset("/\\?#%")
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _refuse_null(value: object) -> object:
+    # The schema does not mark these nullable: absent is fine, an explicit null is not.
+    if value is None:
+        raise ValueError("must not be null (omit the key instead)")
+    return value
+
+
+def _is_absolute_uri(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+        _ANY_URL.validate_python(value)  # syntax check only; the result is thrown away
+    except (ValueError, ValidationError):
+        return False
+    return bool(parts.scheme and parts.hostname)
+
+
+class EventProperties(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    content_type: StrictStr | None = None
+    content_category: StrictStr | None = None
+    content_name: StrictStr | None = None
+    currency: StrictStr | None = None
+    value: StrictInt | None = None
+    quantity: StrictInt | None = None
+    price: StrictInt | None = None
+    query: StrictStr | None = None
+    mapping_id: StrictStr | None = None
+
+
+class ConversionEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event_name: StrictStr
+    properties: EventProperties | None = None
+
+    _no_null_properties = field_validator("properties", mode="before")(_refuse_null)
+
+
+class VariantItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    variant_unique_id: StrictStr
+    quantity: Quantity
+
+
+class BundlePriceOptionItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bundle_price_option_unique_id: StrictStr
+    quantity: Quantity
+
+
+class EventRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    click_id: StrictStr
+    events: list[ConversionEvent] = Field(min_length=1)
+    event_source_url: StrictStr | None = None
+    referrer_url: StrictStr | None = None
+    variants: list[VariantItem] | None = None
+    bundle_price_options: list[BundlePriceOptionItem] | None = None
+
+    _no_null_lists = field_validator("variants", "bundle_price_options", mode="before")(
+        _refuse_null
+    )
+
+    @field_validator("event_source_url", "referrer_url", mode="before")
+    @classmethod
+    def _absolute_uri(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and _is_absolute_uri(value)):
+            return value
+        raise ValueError("must be an absolute URI or null")
+
+
+def _store_id_problem(store_id: object) -> str | None:
+    if not isinstance(store_id, str):
+        return f"must be a string, not {_kind(store_id)}"
+    if not store_id:
+        return "must not be empty"
+    if store_id in (".", ".."):
+        return "must not be a dot segment"
+    if any(ch.isspace() or not ch.isprintable() or ch in _PATH_BREAKERS for ch in store_id):
+        return "must not contain whitespace, control characters or any of / \\ ? # %"
+    return None
+
+
+def validate_store_id(store_id: object) -> str:
+    """Return ``store_id`` if it can go into the endpoint's URL path as one segment."""
+    problem = _store_id_problem(store_id)
+    if problem is not None:
+        raise InvalidEvent([("store_id", problem)])
+    assert isinstance(store_id, str)  # narrowed by _store_id_problem
+    return store_id
+
+
+class JobMessage(BaseModel):
+    """The kwargs of the ``snackvideo.deliver`` task.
+
+    Build it with ``schema=`` and dump it with ``model_dump(by_alias=True)``: the wire name is
+    ``schema``. ``validate_job`` checks the wire form and therefore refuses ``schema_version``.
+    """
+
+    # `schema` is a (deprecated) BaseModel attribute, so the field gets another Python name.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    job_id: StrictStr = Field(min_length=1)
+    store_id: str
+    payload: dict[str, Any]
+    enqueued_at: StrictFloat = Field(gt=0, allow_inf_nan=False)
+    schema_version: StrictInt = Field(alias="schema")
+    attempts: StrictInt = Field(default=0, ge=0)
+    replay_count: StrictInt = Field(default=0, ge=0)
+
+    @field_validator("store_id", mode="before")
+    @classmethod
+    def _store_id(cls, value: object) -> object:
+        problem = _store_id_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema(cls, value: int) -> int:
+        if value != JOB_SCHEMA_VERSION:
+            raise ValueError(f"unsupported job schema {value}, expected {JOB_SCHEMA_VERSION}")
+        return value
+
+
+def _message(error: Any) -> str:
+    kind, got = error["type"], _kind(error.get("input"))
+    simple = {
+        "missing": "field required",
+        "extra_forbidden": "unknown field",
+        "int_type": f"must be an integer, not {got}",
+        "float_type": f"must be a number, not {got}",
+        "string_type": f"must be a string, not {got}",
+        "list_type": f"must be a list, not {got}",
+        "dict_type": f"must be an object, not {got}",
+        "model_type": f"must be an object, not {got}",
+        "invalid_key": "keys must be strings",
+        "finite_number": "must be a finite number",
+    }
+    if kind in simple:
+        return simple[kind]
+    ctx = error.get("ctx", {})
+    if kind == "value_error":
+        return str(ctx["error"])
+    if kind == "too_short":
+        count = ctx["min_length"]
+        return f"must have at least {count} item{'' if count == 1 else 's'}"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind in ("greater_than_equal", "greater_than"):
+        op, bound = (">=", ctx["ge"]) if kind == "greater_than_equal" else (">", ctx["gt"])
+        return f"must be {op} {bound}"
+    return str(error["msg"])
+
+
+def _path(prefix: str, loc: tuple[Any, ...], root: str) -> str:
+    if loc and loc[-1] == "[key]":  # pydantic's marker for a bad dict key; name the key
+        loc = loc[:-1]
+    dotted = ".".join(str(part) for part in loc)
+    return f"{prefix}{dotted}" if dotted else root
+
+
+def _pydantic_problems(exc: ValidationError, prefix: str, root: str) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        message = "keys must be strings" if loc[-1:] == ("[key]",) else _message(error)
+        _merge(problems, [(_path(prefix, loc, root), message)])
+    return problems
+
+
+def _merge(problems: list[tuple[str, str]], more: list[tuple[str, str]]) -> None:
+    """Append the problems of ``more`` about fields ``problems`` does not name yet."""
+    named = {field for field, _ in problems}
+    problems.extend(problem for problem in more if problem[0] not in named)
+
+
+def _json_problems(
+    value: object, loc: tuple[Any, ...], seen: frozenset[int]
+) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """Yield what would stop ``json.dumps(..., allow_nan=False)`` or change on a round trip."""
+    if value is None or isinstance(value, str | bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            yield loc, "must be a finite number (NaN and Infinity are not JSON)"
+        return
+    if not isinstance(value, dict | list | tuple):
+        yield loc, f"must be JSON-serialisable, not {_kind(value)}"
+        return
+    if id(value) in seen:
+        yield loc, "circular reference"
+        return
+    seen = seen | {id(value)}
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):  # json.dumps would turn 1 into "1", silently
+                yield (*loc, key), "keys must be strings"
+            else:
+                yield from _json_problems(item, (*loc, key), seen)
+    else:
+        for index, item in enumerate(value):
+            yield from _json_problems(item, (*loc, index), seen)
+
+
+def _payload_problems(payload: object, prefix: str, root: str) -> list[tuple[str, str]]:
+    if not isinstance(payload, dict):
+        return [(root, f"must be an object, not {_kind(payload)}")]
+    problems: list[tuple[str, str]] = []
+    try:
+        EventRequest.model_validate(payload)
+    except ValidationError as exc:
+        problems = _pydantic_problems(exc, prefix, root)
+    walked = _json_problems(payload, (), frozenset())
+    _merge(problems, [(_path(prefix, loc, root), message) for loc, message in walked])
+    if not problems:
+        try:  # the walk above should catch everything; this is the authority it imitates
+            json.dumps(payload, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            problems.append((root, f"must be JSON-serialisable: {exc}"))
+    return problems
+
+
+def validate_payload(payload: object) -> dict[str, Any]:
+    """Check ``payload`` against the request schema and return it unchanged (the same object).
+
+    Raises ``InvalidEvent`` naming every offending field as a dotted path.
+    """
+    problems = _payload_problems(payload, prefix="", root="payload")
+    if problems:
+        raise InvalidEvent(problems)
+    assert isinstance(payload, dict)  # _payload_problems refuses anything else
+    return payload
+
+
+def validate_job(kwargs: object) -> JobMessage:
+    """Check Celery task kwargs, including the payload (its fields prefixed ``payload.``)."""
+    if not isinstance(kwargs, dict):
+        raise InvalidEvent([("kwargs", f"must be an object, not {_kind(kwargs)}")])
+    problems: list[tuple[str, str]] = []
+    job: JobMessage | None = None
+    try:
+        # by_name=False: Python code may say schema_version=, but the wire name is `schema`.
+        job = JobMessage.model_validate(kwargs, by_name=False)
+    except ValidationError as exc:
+        problems = _pydantic_problems(exc, prefix="", root="kwargs")
+    if isinstance(kwargs.get("payload"), dict):  # a non-dict payload is reported above
+        more = _payload_problems(kwargs["payload"], prefix="payload.", root="payload")
+        _merge(problems, more)
+    if problems:
+        job_id = kwargs.get("job_id")
+        raise InvalidEvent(problems, prefix=f"job {job_id}: " if isinstance(job_id, str) else "")
+    assert job is not None  # no problems means the model validated
+    return job

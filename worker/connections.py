@@ -1,0 +1,26 @@
+"""The worker's Redis client (bookkeeping: throttle, dead letters, delayed jobs, markers)."""
+
+from __future__ import annotations
+
+import os
+
+import redis
+
+from worker.settings import get_settings
+
+_clients: dict[int, redis.Redis] = {}
+
+
+def redis_client() -> redis.Redis:
+    """One client per process: a pool opened before a fork must not be shared by children."""
+    pid = os.getpid()
+    client = _clients.get(pid)
+    if client is None:
+        client = redis.Redis.from_url(
+            get_settings().redis_url,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            health_check_interval=10,
+        )
+        _clients[pid] = client
+    return client

@@ -1,0 +1,81 @@
+"""Delayed jobs kept in Redis, not in a worker's memory.
+
+Retry backoffs and long throttle waits park the job in a sorted set scored by its due
+time; a mover thread in every worker pushes due jobs back onto the delivery queue. A
+countdown/ETA message would instead sit unacknowledged in a worker for the whole wait,
+which forces a visibility timeout longer than the longest wait (see the README).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+
+from producers.message import build_message
+from worker.keys import DELIVERY_QUEUE, SCHEDULED, SCHEDULED_MESSAGES
+from worker.lua import lua_source
+
+log = logging.getLogger(__name__)
+
+MOVE_BATCH = 500
+
+
+class DelayedJobs:
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._schedule = client.register_script(lua_source("schedule"))
+        self._move_due = client.register_script(lua_source("move_due"))
+
+    def schedule(self, job_kwargs: dict[str, Any], due_at: float) -> None:
+        job_id = job_kwargs["job_id"]
+        message = build_message(job_kwargs, task_id=job_id)
+        self._schedule(keys=[SCHEDULED, SCHEDULED_MESSAGES], args=[job_id, due_at, message])
+
+    def move_due(self, now: float | None = None, limit: int = MOVE_BATCH) -> int:
+        now = time.time() if now is None else now
+        moved = self._move_due(
+            keys=[SCHEDULED, SCHEDULED_MESSAGES, DELIVERY_QUEUE], args=[now, limit]
+        )
+        return int(moved)
+
+    def depth(self) -> int:
+        return int(self.client.zcard(SCHEDULED))
+
+    def next_due(self) -> float | None:
+        first = self.client.zrange(SCHEDULED, 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
+
+
+class DueJobMover(threading.Thread):
+    """Moves due jobs every ``poll_seconds`` until stopped; survives Redis outages."""
+
+    def __init__(self, jobs: DelayedJobs, poll_seconds: float) -> None:
+        super().__init__(name="snackvideo-due-jobs", daemon=True)
+        self.jobs = jobs
+        self.poll_seconds = poll_seconds
+        self._stop_event = threading.Event()
+        self._failing = False
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                moved = self.jobs.move_due()
+                if self._failing:
+                    log.info("due-job mover reconnected to Redis")
+                    self._failing = False
+            except redis.RedisError as exc:
+                if not self._failing:  # one warning per outage, not one per poll
+                    log.warning("due-job mover cannot reach Redis: %s", exc)
+                    self._failing = True
+                moved = 0
+            # A full batch means more are due: go again without sleeping.
+            if moved < MOVE_BATCH:
+                self._stop_event.wait(self.poll_seconds)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop_event.set()
+        self.join(timeout)

@@ -1,0 +1,161 @@
+"""Typed settings, read from the environment in one place.
+
+Units are in the names. API keys are ``SecretStr`` so that a settings object printed in
+a log, a traceback or a debugger shows ``**********`` instead of the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_SCALEV_API_BASE_URL = "https://api.scalev.com"
+
+# environment variable -> field name
+_ENV = {
+    "REDIS_URL": "redis_url",
+    "SCALEV_API_BASE_URL": "scalev_api_base_url",
+    "SCALEV_STOREFRONT_API_KEYS": "storefront_api_keys",
+    "SCALEV_STOREFRONT_API_KEY": "storefront_api_key",
+    "SNACKVIDEO_MAX_ATTEMPTS": "max_attempts",
+    "SNACKVIDEO_RETRY_BASE_SECONDS": "retry_base_seconds",
+    "SNACKVIDEO_RETRY_MAX_SECONDS": "retry_max_seconds",
+    "SNACKVIDEO_MAX_AGE_SECONDS": "max_age_seconds",
+    "SNACKVIDEO_DEFAULT_RATE": "default_rate_per_second",
+    "SNACKVIDEO_REDRIVE_INTERVAL_SECONDS": "redrive_interval_seconds",
+    "SNACKVIDEO_METRICS_PORT": "metrics_port",
+    "SNACKVIDEO_HTTP_CONNECT_TIMEOUT_SECONDS": "http_connect_timeout_seconds",
+    "SNACKVIDEO_HTTP_READ_TIMEOUT_SECONDS": "http_read_timeout_seconds",
+    "SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS": "visibility_timeout_seconds",
+    "SNACKVIDEO_UNACKED_RESTORE_INTERVAL_SECONDS": "unacked_restore_interval_seconds",
+    "SNACKVIDEO_MAX_SLEEP_SECONDS": "max_sleep_seconds",
+    "SNACKVIDEO_SCHEDULER_POLL_SECONDS": "scheduler_poll_seconds",
+    "SNACKVIDEO_DLQ_MAX_ENTRIES": "dlq_max_entries",
+    "SNACKVIDEO_DLQ_MAX_AGE_SECONDS": "dlq_max_age_seconds",
+    "SNACKVIDEO_DLQ_ERROR_MAX_CHARS": "dlq_error_max_chars",
+    "SNACKVIDEO_REDRIVE_MAX_REPLAYS": "redrive_max_replays",
+    "SNACKVIDEO_REDRIVE_BATCH_SIZE": "redrive_batch_size",
+    "SNACKVIDEO_REDRIVE_REASONS": "redrive_reasons",
+    "SNACKVIDEO_THROTTLE_SCOPE": "throttle_scope",
+}
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    redis_url: str = DEFAULT_REDIS_URL
+    scalev_api_base_url: str = DEFAULT_SCALEV_API_BASE_URL
+    storefront_api_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    storefront_api_key: SecretStr | None = None
+
+    max_attempts: int = Field(10, ge=1)
+    retry_base_seconds: float = Field(2.0, gt=0)
+    retry_max_seconds: float = Field(600.0, gt=0)
+    max_age_seconds: float = Field(259_200.0, gt=0)
+    default_rate_per_second: float = Field(10.0, gt=0)
+    redrive_interval_seconds: float = Field(900.0, gt=0)
+    metrics_port: int = Field(9808, ge=0, le=65535)
+
+    # One POST never takes longer than connect + read; the visibility timeout must exceed
+    # that plus the longest in-worker sleep, or Redis hands the job to a second worker.
+    http_connect_timeout_seconds: float = Field(3.05, gt=0)
+    http_read_timeout_seconds: float = Field(10.0, gt=0)
+    max_sleep_seconds: float = Field(5.0, ge=0)
+    visibility_timeout_seconds: float = Field(120.0, gt=0)
+    unacked_restore_interval_seconds: float = Field(10.0, gt=0)
+    scheduler_poll_seconds: float = Field(0.25, gt=0)
+
+    dlq_max_entries: int = Field(100_000, ge=1)
+    dlq_max_age_seconds: float = Field(30 * 86_400.0, gt=0)
+    dlq_error_max_chars: int = Field(2_000, ge=0)
+    redrive_max_replays: int = Field(3, ge=0)
+    redrive_batch_size: int = Field(500, ge=1)
+    redrive_reasons: tuple[str, ...] = (
+        "http_404",
+        "http_401",
+        "http_403",
+        "no_api_key",
+        "retries_exhausted",
+    )
+    # "base_url" shares one budget per API base URL (Scalev limits per client IP);
+    # "store" gives every store its own budget.
+    throttle_scope: str = "base_url"
+
+    @field_validator("scalev_api_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("throttle_scope")
+    @classmethod
+    def _known_scope(cls, value: str) -> str:
+        if value not in ("base_url", "store"):
+            raise ValueError("must be 'base_url' or 'store'")
+        return value
+
+    @field_validator("redrive_reasons", mode="before")
+    @classmethod
+    def _split_reasons(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def min_visibility_timeout_seconds(self) -> float:
+        return self.http_connect_timeout_seconds + self.http_read_timeout_seconds + (
+            self.max_sleep_seconds
+        )
+
+    def api_key_for(self, store_id: str) -> str | None:
+        key = self.storefront_api_keys.get(store_id) or self.storefront_api_key
+        return key.get_secret_value() if key is not None else None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for variable, field in _ENV.items():
+            raw = environ.get(variable)
+            if raw is None or raw == "":
+                continue
+            if field == "storefront_api_keys":
+                values[field] = _parse_key_map(raw)
+            else:
+                values[field] = raw
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            # Name the environment variable, and never echo an input (it may be a key).
+            fields = {field: variable for variable, field in _ENV.items()}
+            problems = "; ".join(
+                f"{fields.get(str(err['loc'][0]), err['loc'][0])}: {err['msg']}"
+                for err in exc.errors(include_input=False)
+            )
+            raise ValueError(f"invalid configuration: {problems}") from None
+
+
+def _parse_key_map(raw: str) -> dict[str, str]:
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ValueError(
+            "invalid configuration: SCALEV_STOREFRONT_API_KEYS must be a JSON object"
+        ) from None
+    if not isinstance(parsed, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
+    ):
+        raise ValueError(
+            'invalid configuration: SCALEV_STOREFRONT_API_KEYS must be {"<store_id>": "<key>"}'
+        )
+    return parsed
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings.from_env()

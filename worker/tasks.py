@@ -1,0 +1,63 @@
+"""The Celery task ``snackvideo.deliver``: a thin adapter from messages to the Dispatcher."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+import redis
+from celery.exceptions import Reject, Retry
+from celery.signals import worker_process_init
+
+from producers.keys import DELIVER_TASK
+from worker.app import app
+from worker.connections import redis_client
+from worker.delivery import Dispatcher
+from worker.errors import DeadLettered
+from worker.scalev import ScalevClient
+from worker.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def get_dispatcher() -> Dispatcher:
+    """One dispatcher per worker process, built after the fork (sockets are not shared)."""
+    settings = get_settings()
+    scalev = ScalevClient(
+        settings.scalev_api_base_url,
+        connect_timeout_seconds=settings.http_connect_timeout_seconds,
+        read_timeout_seconds=settings.http_read_timeout_seconds,
+    )
+    return Dispatcher(settings, redis_client(), scalev)
+
+
+@worker_process_init.connect
+def _fresh_dispatcher_after_fork(**_: Any) -> None:
+    get_dispatcher.cache_clear()
+
+
+@app.task(
+    name=DELIVER_TASK,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    # Expected: logged as a one-line INFO by Celery, shown by Flower under failed tasks.
+    throws=(DeadLettered,),
+)
+def deliver(self: Any, *args: Any, **kwargs: Any) -> str:
+    try:
+        outcome = get_dispatcher().deliver(args, kwargs)
+    except redis.RedisError as exc:
+        # Redis is where the job would be parked or marked: without it nothing can be
+        # decided. Requeue (or, if even that fails, leave it unacked for the visibility
+        # timeout to restore); never ack a job we could not account for.
+        log.warning("Redis unavailable while delivering job %s: %s", kwargs.get("job_id"), exc)
+        raise Reject(exc, requeue=True) from exc
+    if outcome.due_at is not None:
+        # The job is parked in Redis already; Retry only tells Celery and Flower so.
+        when = datetime.fromtimestamp(outcome.due_at, UTC)
+        raise Retry(str(outcome), exc=outcome.cause, when=when)
+    return str(outcome)
