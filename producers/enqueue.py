@@ -23,7 +23,7 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from producers.errors import EnqueueError, InvalidEvent
@@ -119,7 +119,7 @@ class Producer:
         retrying = Retrying(
             retry=retry_if_exception_type(TRANSIENT_REDIS_ERRORS),
             stop=stop_after_delay(self.timeout_seconds),
-            wait=wait_exponential_jitter(initial=0.05, max=1.0),
+            wait=wait_random_exponential(multiplier=0.05, max=1.0),
             reraise=False,
         )
         try:
