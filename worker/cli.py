@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+import redis
+
 from producers import EnqueueError, InvalidEvent, Producer
 from producers.models import validate_payload, validate_store_id
 
@@ -33,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # configuration errors name the variable
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except redis.RedisError as exc:
+        print(f"error: Redis did not answer: {exc}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
