@@ -27,7 +27,7 @@ from tenacity import (
 )
 
 from producers.errors import EnqueueError, InvalidEvent
-from producers.keys import DELIVERY_QUEUE, idempotency_key
+from producers.keys import DELIVERY_QUEUE, ENQUEUED_COUNTER, idempotency_key
 from producers.message import build_message
 from producers.models import JOB_SCHEMA_VERSION, validate_payload, validate_store_id
 
@@ -125,7 +125,7 @@ class Producer:
         try:
             for attempt in retrying:
                 with attempt:
-                    return list(self._script(keys=[DELIVERY_QUEUE], args=argv))
+                    return list(self._script(keys=[DELIVERY_QUEUE, ENQUEUED_COUNTER], args=argv))
         except RetryError as exc:
             cause = exc.last_attempt.exception()
             raise EnqueueError(

@@ -15,6 +15,10 @@ DELIVERY_QUEUE = "snackvideo"
 #: Every key this project owns starts with this, so one ``SCAN`` finds them all.
 KEY_PREFIX = "snackvideo:"
 
+#: Jobs pushed by enqueue, incremented by the enqueue Lua in the same atomic call: one
+#: cluster-wide count that the worker exports as ``snackvideo_events_enqueued_total``.
+ENQUEUED_COUNTER = f"{KEY_PREFIX}metrics:enqueued"
+
 
 def idempotency_key(store_id: str, key: str) -> str:
     # Scoped by store: two shops may well both use "order-1001-purchase".

@@ -242,11 +242,23 @@ def _merge(problems: list[tuple[str, str]], more: list[tuple[str, str]]) -> None
     problems.extend(problem for problem in more if problem[0] not in named)
 
 
+def _encodes_as_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _json_problems(
     value: object, loc: tuple[Any, ...], seen: frozenset[int]
 ) -> Iterator[tuple[tuple[Any, ...], str]]:
     """Yield what would stop ``json.dumps(..., allow_nan=False)`` or change on a round trip."""
-    if value is None or isinstance(value, str | bool | int):
+    if isinstance(value, str):
+        if not _encodes_as_utf8(value):  # the message body and the POST are UTF-8
+            yield loc, "must be valid Unicode text (lone surrogate)"
+        return
+    if value is None or isinstance(value, bool | int):
         return
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -263,6 +275,8 @@ def _json_problems(
         for key, item in value.items():
             if not isinstance(key, str):  # json.dumps would turn 1 into "1", silently
                 yield (*loc, key), "keys must be strings"
+            elif not _encodes_as_utf8(key):
+                yield (*loc, repr(key)), "keys must be valid Unicode text (lone surrogate)"
             else:
                 yield from _json_problems(item, (*loc, key), seen)
     else:

@@ -11,17 +11,49 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, bootsteps
+from kombu.entity import Exchange, Queue
 
 from producers.keys import DELIVERY_QUEUE
 from worker.connections import redis_client
+from worker.keys import CONTROL_QUEUE, REDRIVE_TASK
+from worker.metrics import MetricsServerStep
+from worker.poison import register_transport
 from worker.scheduler import DelayedJobs, DueJobMover
 from worker.settings import get_settings
 
 settings = get_settings()
+# redis:// now means kombu's Redis transport with a poison-message guard (worker.poison).
+register_transport()
 
-app = Celery("snackvideo", broker=settings.redis_url, include=["worker.tasks"])
+
+def _direct_queue(name: str) -> Queue:
+    """A queue bound to a direct exchange of its own name: the shape of Celery's default."""
+    return Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
+
+
+app = Celery("snackvideo", broker=settings.redis_url, include=["worker.tasks", "worker.redrive"])
 app.conf.update(
     task_default_queue=DELIVERY_QUEUE,
+    # A worker consumes both lists. Producers push deliveries straight onto the
+    # "snackvideo" list (anonymous exchange, routing_key "snackvideo"), which this
+    # declaration leaves as Celery's default queue would be. Redrive has a list of its own
+    # because kombu pops the queues in turn: however deep the delivery backlog, a control
+    # task is taken at the next free slot.
+    task_queues=(_direct_queue(DELIVERY_QUEUE), _direct_queue(CONTROL_QUEUE)),
+    task_routes={REDRIVE_TASK: {"queue": CONTROL_QUEUE}},
+    beat_schedule={
+        "redrive-dead-letters": {
+            "task": REDRIVE_TASK,
+            "schedule": settings.redrive_interval_seconds,
+            # A run not started within one interval is dropped: the next one does its
+            # work, so runs never pile up behind a busy worker. The floor absorbs clock
+            # skew between the beat host and the workers when the interval is tiny.
+            "options": {
+                "queue": CONTROL_QUEUE,
+                "expires": max(settings.redrive_interval_seconds, 5.0),
+            },
+        }
+    },
     task_serializer="json",
     accept_content=["json"],
     task_ignore_result=True,
@@ -45,6 +77,8 @@ app.conf.update(
         "socket_connect_timeout": 5,
         "health_check_interval": 10,
     },
+    # Celery's hooks for unknown / invalid messages dead-letter them (worker.poison).
+    worker_consumer="worker.poison:PoisonAwareConsumer",
     worker_hijack_root_logger=True,
     worker_redirect_stdouts=False,
 )
@@ -74,3 +108,6 @@ class DueJobsStep(bootsteps.StartStopStep):
 
 
 app.steps["worker"].add(DueJobsStep)
+# /metrics from the main process; importing worker.metrics also connects its worker_init
+# (multiprocess files, before the pool forks) and worker_process_shutdown handlers.
+app.steps["worker"].add(MetricsServerStep)

@@ -13,7 +13,7 @@ def backoff(attempt: int, base: float, cap: float, rng: random.Random | None = N
     """
     if attempt < 1:
         raise ValueError("attempt starts at 1")
-    rng = rng or random
+    uniform = (rng or random).uniform
     exponent = min(attempt - 1, 64)  # 2**64 * base is past any cap; avoid float overflow
     raw = base * (2.0**exponent)
-    return min(cap, raw * rng.uniform(1.0, 1.5))
+    return min(cap, raw * uniform(1.0, 1.5))

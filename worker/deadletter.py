@@ -1,10 +1,28 @@
 """The dead-letter store: a registry of jobs that could not be delivered.
 
-Layout (see ``worker.keys``): a sorted set of entry ids scored by ``dead_lettered_at``,
-a hash of entry JSON, and live counts by reason. Bounded by entry count and age; every
-trim is returned to the caller, which logs and counts it. Entry ids are
-``{job_id}-r{replay_count}``: a redelivered message re-parks the same entry instead of a
-twin, and a replayed job that fails again gets a new entry.
+Layout (see ``worker.keys``): a sorted set of entry ids scored by ``dead_lettered_at``
+(the index by time), a hash of entry JSON, and live counts by reason and by store that
+the Lua scripts keep in step with the entries. Entry ids are ``{job_id}-r{replay_count}``:
+a redelivered message finds the entry it already wrote instead of writing a twin, and a
+replayed job that fails again gets a new entry with the next replay count.
+
+Retention is bounded by entry count and age. It is applied, oldest first, each time an
+entry is added (and by ``trim``, which redrive calls every run), and never silently: the
+Lua counts every trimmed entry by reason in ``snackvideo:dlq:trimmed`` (shown by
+``snackvideo dlq stats``) and returns it, so the caller logs it.
+
+Why a job is never in neither place nor in both:
+
+* Dead-lettering. The dispatcher writes the entry *before* Celery acknowledges the
+  message (late acks), so until the ack the job is at least in the entry. If the worker
+  dies between the write and the ack, the message comes back; the dispatcher then finds
+  the entry (``HEXISTS entries {job_id}-r{replay_count}``) and acknowledges it without
+  sending or parking it again. The message in flight is a leftover on its way out, never
+  a second live copy: at any moment exactly one of the two will ever be acted upon.
+* Replay and purge. ``dlq_take.lua`` deletes the entry and pushes the job's message onto
+  the delivery queue in one script, which Redis runs atomically: no reader ever sees the
+  job in both places or in neither, and of two concurrent replays of one entry only the
+  first finds it, so the job is pushed once.
 """
 
 from __future__ import annotations
@@ -13,16 +31,25 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 
 from producers.message import build_message
 from producers.models import JOB_SCHEMA_VERSION
-from worker.keys import DELIVERY_QUEUE, DLQ_ENTRIES, DLQ_INDEX, DLQ_REASONS, DLQ_TRIMMED
+from worker.keys import (
+    DELIVERY_QUEUE,
+    DLQ_ENTRIES,
+    DLQ_INDEX,
+    DLQ_REASONS,
+    DLQ_STORES,
+    DLQ_TRIMMED,
+)
 from worker.lua import lua_source
 
 SCAN_CHUNK = 500
+DEFAULT_MAX_ENTRIES = 100_000
+DEFAULT_MAX_AGE_SECONDS = 30 * 86_400.0
 
 
 def entry_id(job_id: str, replay_count: int) -> str:
@@ -52,6 +79,11 @@ class DeadLetter:
         value = self.payload.get("click_id") if isinstance(self.payload, dict) else None
         return value if isinstance(value, str) else None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The entry's fields as DESIGN.md lists them, ``id`` first (``dlq list --json``)."""
+        data = asdict(self)
+        return {"id": data.pop("id"), **data}
+
     def to_json(self) -> str:
         # default=repr: an unreadable job may hold anything; the entry must still be stored.
         return json.dumps(asdict(self), separators=(",", ":"), default=repr)
@@ -63,7 +95,11 @@ class DeadLetter:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def replay_kwargs(self) -> dict[str, Any]:
-        """The job as it goes back onto the queue: a fresh attempt budget, one more replay."""
+        """The job as it goes back onto the queue: a fresh attempt budget, one more replay.
+
+        ``enqueued_at`` is the original one, so SNACKVIDEO_MAX_AGE_SECONDS still bounds
+        the life of a job however often it is replayed.
+        """
         return {
             "job_id": self.job_id,
             "store_id": self.store_id,
@@ -86,8 +122,8 @@ class DeadLetterStore:
         self,
         client: redis.Redis,
         *,
-        max_entries: int = 100_000,
-        max_age_seconds: float = 30 * 86_400.0,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
     ) -> None:
         self.client = client
         self.max_entries = max_entries
@@ -95,87 +131,37 @@ class DeadLetterStore:
         self._add = client.register_script(lua_source("dlq_add"))
         self._take = client.register_script(lua_source("dlq_take"))
 
+    # -- writing -----------------------------------------------------------------------
+
     def add(self, entry: DeadLetter, now: float | None = None) -> tuple[bool, list[Trimmed]]:
-        """Store ``entry``; returns whether it is new and what retention trimmed."""
+        """Store ``entry`` (once per id); returns whether it is new and what retention trimmed."""
+        return self._add_or_trim(entry, now)
+
+    def trim(self, now: float | None = None) -> list[Trimmed]:
+        """Apply retention without adding anything; returns what was trimmed (log it)."""
+        return self._add_or_trim(None, now)[1]
+
+    def _add_or_trim(
+        self, entry: DeadLetter | None, now: float | None
+    ) -> tuple[bool, list[Trimmed]]:
         now = time.time() if now is None else now
-        result = self._add(
-            keys=[DLQ_INDEX, DLQ_ENTRIES, DLQ_REASONS, DLQ_TRIMMED],
-            args=[
+        if entry is None:
+            entry_args: list[Any] = ["", 0, "", "", ""]
+        else:
+            entry_args = [
                 entry.id,
                 entry.dead_lettered_at,
                 entry.to_json(),
                 entry.reason,
-                self.max_entries,
-                now - self.max_age_seconds,
-            ],
+                entry.store_id,
+            ]
+        result = self._add(
+            keys=[DLQ_INDEX, DLQ_ENTRIES, DLQ_REASONS, DLQ_TRIMMED, DLQ_STORES],
+            args=[*entry_args, self.max_entries, now - self.max_age_seconds],
         )
         added = bool(int(result[0]))
         rest = [_text(item) for item in result[1:]]
         return added, [Trimmed(rest[i], rest[i + 1]) for i in range(0, len(rest), 2)]
-
-    def get(self, entry_id: str) -> DeadLetter | None:
-        raw = self.client.hget(DLQ_ENTRIES, entry_id)
-        return DeadLetter.from_json(raw) if raw is not None else None
-
-    def exists(self, entry_id: str) -> bool:
-        return bool(self.client.hexists(DLQ_ENTRIES, entry_id))
-
-    def __len__(self) -> int:
-        return int(self.client.zcard(DLQ_INDEX))
-
-    def iter_entries(
-        self, *, newest_first: bool = True, since: float | None = None
-    ) -> Iterator[DeadLetter]:
-        """Every entry, in chunks, so a 100,000-entry queue is never loaded at once."""
-        low = "-inf" if since is None else since
-        offset = 0
-        while True:
-            if newest_first:
-                ids = self.client.zrevrangebyscore(
-                    DLQ_INDEX, "+inf", low, start=offset, num=SCAN_CHUNK
-                )
-            else:
-                ids = self.client.zrangebyscore(
-                    DLQ_INDEX, low, "+inf", start=offset, num=SCAN_CHUNK
-                )
-            if not ids:
-                return
-            for raw in self.client.hmget(DLQ_ENTRIES, ids):
-                if raw is not None:
-                    yield DeadLetter.from_json(raw)
-            offset += len(ids)
-
-    def list(
-        self,
-        *,
-        reason: str | None = None,
-        store_id: str | None = None,
-        since: float | None = None,
-        older_than: float | None = None,
-        limit: int | None = None,
-        newest_first: bool = True,
-    ) -> list[DeadLetter]:
-        found: list[DeadLetter] = []
-        for entry in self.iter_entries(newest_first=newest_first, since=since):
-            if reason is not None and entry.reason != reason:
-                continue
-            if store_id is not None and entry.store_id != store_id:
-                continue
-            if older_than is not None and entry.dead_lettered_at >= older_than:
-                continue
-            found.append(entry)
-            if limit is not None and len(found) >= limit:
-                break
-        return found
-
-    def counts_by_reason(self) -> dict[str, int]:
-        raw = self.client.hgetall(DLQ_REASONS)
-        counts = {_text(k): int(v) for k, v in raw.items()}
-        return {reason: n for reason, n in sorted(counts.items()) if n > 0}
-
-    def trimmed_by_reason(self) -> dict[str, int]:
-        raw = self.client.hgetall(DLQ_TRIMMED)
-        return {_text(k): int(v) for k, v in sorted(raw.items())}
 
     def replay(self, entries: Iterable[DeadLetter]) -> list[str]:
         """Move entries back to the delivery queue; returns the ids that were still there."""
@@ -184,6 +170,13 @@ class DeadLetterStore:
             kwargs = entry.replay_kwargs()
             args += [entry.id, build_message(kwargs, task_id=entry.job_id)]
         return self._run_take(args)
+
+    def requeue(self, entry_id_: str) -> DeadLetter:
+        """Replay one entry; raises ``KeyError`` when it is gone (replayed, purged, trimmed)."""
+        entry = self.get(entry_id_)
+        if entry is None or not self.replay([entry]):
+            raise KeyError(entry_id_)
+        return entry
 
     def purge(self, entry_ids: Iterable[str]) -> list[str]:
         """Delete entries; returns the ids that were still there."""
@@ -198,10 +191,118 @@ class DeadLetterStore:
         for start in range(0, len(args), 2 * SCAN_CHUNK):
             chunk = args[start : start + 2 * SCAN_CHUNK]
             result = self._take(
-                keys=[DLQ_INDEX, DLQ_ENTRIES, DLQ_REASONS, DELIVERY_QUEUE], args=chunk
+                keys=[DLQ_INDEX, DLQ_ENTRIES, DLQ_REASONS, DELIVERY_QUEUE, DLQ_STORES],
+                args=chunk,
             )
             taken += [_text(item) for item in result]
         return taken
+
+    # -- reading -----------------------------------------------------------------------
+
+    def get(self, entry_id_: str) -> DeadLetter | None:
+        raw = self.client.hget(DLQ_ENTRIES, entry_id_)
+        return DeadLetter.from_json(raw) if raw is not None else None
+
+    def exists(self, entry_id_: str) -> bool:
+        return bool(self.client.hexists(DLQ_ENTRIES, entry_id_))
+
+    def __len__(self) -> int:
+        return int(self.client.zcard(DLQ_INDEX))
+
+    def iter_entries(
+        self,
+        *,
+        newest_first: bool = True,
+        since: float | None = None,
+        before: float | None = None,
+    ) -> Iterator[DeadLetter]:
+        """Entries dead-lettered in [since, before), in chunks: 100,000 are never loaded at once.
+
+        Chunks are read by score, not by offset, so entries removed meanwhile (a replay
+        running at the same time) neither skip nor repeat one.
+        """
+        low = "-inf" if since is None else repr(float(since))
+        high = "+inf" if before is None else f"({float(before)!r}"
+        while True:
+            page = self._page(low, high, newest_first)
+            if not page:
+                return
+            yield from self._load([member for member, _ in page])
+            if len(page) < SCAN_CHUNK:
+                return
+            # Resume past the last score; ties across a chunk boundary are re-read and
+            # filtered below, so none is lost.
+            last_score = float(page[-1][1])
+            seen = {_text(member) for member, score in page if float(score) == last_score}
+            yield from self._same_score(last_score, seen)
+            if newest_first:
+                high = f"({last_score!r}"
+            else:
+                low = f"({last_score!r}"
+
+    def _page(self, low: str, high: str, newest_first: bool) -> list[tuple[bytes, float]]:
+        if newest_first:
+            page = self.client.zrevrangebyscore(
+                DLQ_INDEX, high, low, start=0, num=SCAN_CHUNK, withscores=True
+            )
+        else:
+            page = self.client.zrangebyscore(
+                DLQ_INDEX, low, high, start=0, num=SCAN_CHUNK, withscores=True
+            )
+        return cast(list[tuple[bytes, float]], page)
+
+    def _same_score(self, score: float, seen: set[str]) -> Iterator[DeadLetter]:
+        """Entries sharing ``score`` that the previous chunk did not return."""
+        members = cast(list[bytes], self.client.zrangebyscore(DLQ_INDEX, score, score))
+        yield from self._load([m for m in members if _text(m) not in seen])
+
+    def _load(self, ids: list[bytes]) -> Iterator[DeadLetter]:
+        for start in range(0, len(ids), SCAN_CHUNK):
+            for raw in self.client.hmget(DLQ_ENTRIES, ids[start : start + SCAN_CHUNK]):
+                if raw is not None:  # replayed or purged since the index was read
+                    yield DeadLetter.from_json(raw)
+
+    def list(
+        self,
+        *,
+        reason: str | None = None,
+        store_id: str | None = None,
+        since: float | None = None,
+        older_than: float | None = None,
+        limit: int | None = None,
+        newest_first: bool = True,
+    ) -> list[DeadLetter]:
+        """Entries matching every filter given; ``since``/``older_than`` are epoch seconds."""
+        found: list[DeadLetter] = []
+        for entry in self.iter_entries(newest_first=newest_first, since=since, before=older_than):
+            if reason is not None and entry.reason != reason:
+                continue
+            if store_id is not None and entry.store_id != store_id:
+                continue
+            found.append(entry)
+            if limit is not None and len(found) >= limit:
+                break
+        return found
+
+    def oldest(self) -> DeadLetter | None:
+        for entry in self.iter_entries(newest_first=False):
+            return entry
+        return None
+
+    def counts_by_reason(self) -> dict[str, int]:
+        return _counts(self.client.hgetall(DLQ_REASONS))
+
+    def counts_by_store(self) -> dict[str, int]:
+        return _counts(self.client.hgetall(DLQ_STORES))
+
+    def trimmed_by_reason(self) -> dict[str, int]:
+        """Entries retention has removed since the store began, by reason (a counter)."""
+        return _counts(self.client.hgetall(DLQ_TRIMMED))
+
+
+def _counts(raw: dict[Any, Any]) -> dict[str, int]:
+    counts = {_text(k): int(v) for k, v in raw.items()}
+    return {name: n for name, n in sorted(counts.items()) if n > 0}
 
 
 def _text(value: Any) -> str:

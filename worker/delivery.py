@@ -18,6 +18,7 @@ import redis
 
 from producers.errors import InvalidEvent
 from producers.models import JobMessage, validate_job
+from worker import metrics
 from worker.backoff import backoff
 from worker.deadletter import DeadLetter, DeadLetterStore, entry_id
 from worker.errors import DeadLettered, DeliveryError, PermanentError, RateLimited, RetryableError
@@ -66,9 +67,7 @@ class Dispatcher:
         self.settings = settings
         self.redis = client
         self.scalev = scalev
-        self.throttle = throttle or Throttle(
-            client, default_rate_per_second=settings.default_rate_per_second
-        )
+        self.throttle = throttle or Throttle.from_settings(client, settings)
         self.dead_letters = dead_letters or DeadLetterStore(
             client,
             max_entries=settings.dlq_max_entries,
@@ -153,6 +152,7 @@ class Dispatcher:
                 return 0.0
             if wait > self.settings.max_sleep_seconds:
                 return wait
+            metrics.observe_throttle_wait(wait)
             self.sleep(wait)
 
     def _failed(self, job: JobMessage, exc: DeliveryError) -> Outcome:
@@ -218,8 +218,15 @@ class Dispatcher:
         )
         self._store(entry)
         click_id = entry.click_id
-        self._report("dead_lettered", job, status_code, reason=reason)
+        self._report("dead_lettered", job, status_code, attempt=entry.attempts, reason=reason)
         raise DeadLettered(reason, status_code, click_id, job.job_id)
+
+    def dead_letter_unreadable(self, raw: Any, error: str) -> None:
+        """Park a message whose body cannot even be called as a task (``worker.strategy``)."""
+        try:
+            self._dead_letter_unreadable(raw, error)
+        except DeadLettered:
+            pass  # no task runs for this message, so there is no FAILURE state to end in
 
     def _dead_letter_unreadable(self, kwargs: Any, error: str) -> Outcome:
         raw = kwargs if isinstance(kwargs, dict) else {"raw": kwargs}
@@ -238,6 +245,7 @@ class Dispatcher:
             replay_count=replay_count if isinstance(replay_count, int) else 0,
         )
         self._store(entry)
+        metrics.record_outcome("dead_lettered", None, reason="invalid_job")
         log.warning(
             "outcome=dead_lettered reason=invalid_job job_id=%s store_id=%s error=%s",
             entry.job_id,
@@ -266,6 +274,7 @@ class Dispatcher:
         seconds: float | None = None,
         reason: str | None = None,
     ) -> None:
+        self._count(outcome, job, status_code, wait=wait, reason=reason)
         level = logging.WARNING if outcome == "dead_lettered" else logging.INFO
         log.log(
             level,
@@ -280,6 +289,25 @@ class Dispatcher:
             f" reason={reason}" if reason else "",
             f" seconds={seconds:.3f}" if seconds is not None else "",
         )
+
+    def _count(
+        self,
+        outcome: str,
+        job: JobMessage,
+        status_code: int | None,
+        *,
+        wait: float,
+        reason: str | None,
+    ) -> None:
+        # A 429 answered inside a run is not how the run ends (it tries again, or parks the
+        # job as "throttled"), so it has a counter of its own: each run counts once.
+        if outcome == "rate_limited":
+            metrics.record_rate_limited()
+            return
+        age = self.clock() - job.enqueued_at if outcome == "delivered" else None
+        metrics.record_outcome(outcome, status_code, reason=reason, age_seconds=age)
+        if outcome == "throttled":
+            metrics.observe_throttle_wait(wait)
 
 
 def _number_or_none(value: Any) -> float | None:

@@ -1,6 +1,7 @@
 """The Redis key layout, in one place.
 
     snackvideo                       list   the delivery queue (kombu; Celery messages)
+    snackvideo.control               list   control tasks (redrive), never behind deliveries
     unacked, unacked_index           hash/zset  kombu's in-flight messages (visibility timeout)
     snackvideo:idem:{store}:{key}    string job id holding an idempotency key (TTL 48 h)
     snackvideo:delivered:{job_id}    string set after a 2xx, so a redelivered message is not sent
@@ -10,10 +11,26 @@
     snackvideo:dlq:index             zset   entry id -> dead_lettered_at
     snackvideo:dlq:entries           hash   entry id -> entry JSON
     snackvideo:dlq:reasons           hash   reason -> live entry count
+    snackvideo:dlq:stores            hash   store_id -> live entry count
     snackvideo:dlq:trimmed           hash   reason -> entries trimmed by retention (counter)
     snackvideo:redrive:lock          string held by the one redrive run in progress
-    snackvideo:throttle:{scope}      hash   the shared rate-limit budget of one scope
-    snackvideo:metrics:*             see worker.metrics
+    snackvideo:throttle:{scope}      hash   the shared rate-limit budget of one scope (times are
+                                            Redis TIME seconds; written only by
+                                            worker/lua/throttle_*.lua; TTL 1 day):
+        limit, remaining          last X-Ratelimit-Limit; lowest Remaining seen this window
+        reset_at                  end of the tracked window (never before the server's)
+        window_s                  window length the server announced when it opened one
+        window_bound              learned upper bound of the window (rollovers we watched)
+        window_started_at         when the tracked window began for us (older answers are stale)
+        window_opened_at          acquire time of the request that opened this window
+        provisional               1 after an optimistic refill, until the window's first answer
+        blocked_until             no request before this (429: Retry-After, else the reset)
+        next_slot_at              earliest next request: the budget is spread over the window
+        updated_at, taken, rate_limited    last answer; slots taken; 429s seen (counters)
+    snackvideo:throttle:{scope}:in_flight  zset  token -> lease end: slots taken, not yet answered
+    snackvideo:throttles             set    scopes with a throttle state (for `snackvideo status`)
+    snackvideo:metrics:enqueued      string jobs pushed by enqueue (INCRBY in the enqueue Lua;
+                                            exported by worker.metrics)
 
 API keys are never written under any of these.
 """
@@ -23,17 +40,22 @@ from __future__ import annotations
 from producers.keys import DELIVERY_QUEUE, KEY_PREFIX, idempotency_key
 
 __all__ = [
+    "CONTROL_QUEUE",
     "DELIVERY_QUEUE",
     "DLQ_ENTRIES",
     "DLQ_INDEX",
     "DLQ_REASONS",
+    "DLQ_STORES",
     "DLQ_TRIMMED",
     "KEY_PREFIX",
     "REDRIVE_LOCK",
+    "REDRIVE_TASK",
     "SCHEDULED",
     "SCHEDULED_MESSAGES",
+    "THROTTLE_SCOPES",
     "delivered_key",
     "idempotency_key",
+    "throttle_in_flight_key",
     "throttle_key",
 ]
 
@@ -42,8 +64,15 @@ SCHEDULED_MESSAGES = f"{KEY_PREFIX}scheduled:messages"
 DLQ_INDEX = f"{KEY_PREFIX}dlq:index"
 DLQ_ENTRIES = f"{KEY_PREFIX}dlq:entries"
 DLQ_REASONS = f"{KEY_PREFIX}dlq:reasons"
+DLQ_STORES = f"{KEY_PREFIX}dlq:stores"
 DLQ_TRIMMED = f"{KEY_PREFIX}dlq:trimmed"
 REDRIVE_LOCK = f"{KEY_PREFIX}redrive:lock"
+THROTTLE_SCOPES = f"{KEY_PREFIX}throttles"
+
+#: The queue of control tasks: redrive must not wait behind thousands of queued deliveries.
+CONTROL_QUEUE = "snackvideo.control"
+#: Celery beat's dead-letter reprocessing task (``worker.redrive``).
+REDRIVE_TASK = "snackvideo.redrive"
 
 
 def delivered_key(job_id: str) -> str:
@@ -52,3 +81,7 @@ def delivered_key(job_id: str) -> str:
 
 def throttle_key(scope: str) -> str:
     return f"{KEY_PREFIX}throttle:{scope}"
+
+
+def throttle_in_flight_key(scope: str) -> str:
+    return f"{KEY_PREFIX}throttle:{scope}:in_flight"

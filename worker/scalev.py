@@ -5,17 +5,21 @@ responses and ``requests`` exceptions become this project's outcome types.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import requests
 
+from worker import metrics
 from worker.errors import DeliveryError, PermanentError, RateLimited, RetryableError
 
 API_KEY_HEADER = "X-Scalev-Storefront-Api-Key"
 EVENTS_PATH = "/v3/stores/{store_id}/public/analytics/snackvideo/events"
-RETRYABLE_4XX = frozenset({408, 425})
+# DESIGN.md exempts 408, 409, 425 and 429 from "permanent 4xx". 409 (a conflict, e.g. a
+# concurrent write on Scalev's side) is retried with backoff like 408 and 425.
+RETRYABLE_4XX = frozenset({408, 409, 425})
 USER_AGENT = "snackvideo-dispatch/0.1"
 
 
@@ -62,6 +66,7 @@ class ScalevClient:
     def send(self, store_id: str, api_key: str, payload: dict[str, Any]) -> Delivered:
         """POST one event; return on 2xx, raise a ``DeliveryError`` subclass otherwise."""
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        started = time.perf_counter()
         try:
             response = self.session.post(
                 events_url(self.base_url, store_id),
@@ -75,6 +80,8 @@ class ScalevClient:
             raise RetryableError(f"could not reach Scalev: {type(exc).__name__}") from exc
         except requests.RequestException as exc:
             raise RetryableError(f"request to Scalev failed: {type(exc).__name__}") from exc
+        finally:
+            metrics.observe_http_seconds(time.perf_counter() - started)
         # Lower-cased once here: header names are case-insensitive and the throttle reads them.
         headers = {name.lower(): value for name, value in response.headers.items()}
         outcome = classify(response.status_code, response.text, headers)

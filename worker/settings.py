@@ -42,6 +42,7 @@ _ENV = {
     "SNACKVIDEO_REDRIVE_BATCH_SIZE": "redrive_batch_size",
     "SNACKVIDEO_REDRIVE_REASONS": "redrive_reasons",
     "SNACKVIDEO_THROTTLE_SCOPE": "throttle_scope",
+    "SNACKVIDEO_THROTTLE": "throttle_enabled",
 }
 
 
@@ -85,6 +86,9 @@ class Settings(BaseModel):
     # "base_url" shares one budget per API base URL (Scalev limits per client IP);
     # "store" gives every store its own budget.
     throttle_scope: str = "base_url"
+    # "off" turns the shared throttle into a naive client that only waits out each 429's
+    # Retry-After (the benchmark's baseline); never meant for production.
+    throttle_enabled: bool = True
 
     @field_validator("scalev_api_base_url")
     @classmethod
@@ -128,7 +132,7 @@ class Settings(BaseModel):
             else:
                 values[field] = raw
         try:
-            return cls(**values)
+            return cls.model_validate(values)
         except ValidationError as exc:
             # Name the environment variable, and never echo an input (it may be a key).
             fields = {field: variable for variable, field in _ENV.items()}

@@ -46,6 +46,8 @@ def _fresh_dispatcher_after_fork(**_: Any) -> None:
     reject_on_worker_lost=True,
     # Expected: logged as a one-line INFO by Celery, shown by Flower under failed tasks.
     throws=(DeadLettered,),
+    # A body Celery cannot unpack would kill the consumer: dead-letter it first.
+    Strategy="worker.strategy:guarded",
 )
 def deliver(self: Any, *args: Any, **kwargs: Any) -> str:
     try:

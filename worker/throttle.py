@@ -1,22 +1,160 @@
-"""Placeholder throttle: lets every request through. The header-driven, Redis-shared
-budget replaces it (see the throttle issue); the dispatcher only uses this interface.
+"""The distributed throttle: one request budget per scope, shared by every worker process
+on every host, kept in Redis and changed only by two Lua scripts.
+
+    acquire(scope)                      throttle_acquire.lua
+        blocked (after a 429)?          -> wait until the block ends
+        tracked window over?            -> refill to the limit (provisional)
+        remaining - in flight <= 0?     -> wait until the reset
+        next spread slot in the future? -> wait for it
+        else take the slot: the request counts as in flight (a leased token)
+    record(scope, status, headers)      throttle_record.lua
+        release the token; learn limit / remaining / reset from the headers (the lowest
+        count seen in a window wins, answers race); a 429 blocks the scope until
+        Retry-After (else the reset)
+
+Spreading: the remaining budget is paced evenly over what is left of the window
+(``(reset_at - now) / (remaining - in_flight)``), so 16 processes do not spend a window in
+its first milliseconds and then all wait, and no two of them take the last unit. Before
+any header was seen, requests are paced at ``SNACKVIDEO_DEFAULT_RATE``.
+
+Clock: the scripts read Redis ``TIME``; Python hands them only relative values (the
+header parser turns epoch resets into "seconds from now"), so workers on hosts with
+skewed clocks still agree on one window. See ``docs/throttle.md`` for the design and the
+benchmark, ``worker/keys.py`` for the state hash.
+
+With ``SNACKVIDEO_THROTTLE=off`` (the benchmark's baseline) nothing is shared: each process
+sends at will and only waits out a 429's ``Retry-After`` itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import random
+import threading
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import redis
 
+from worker.keys import THROTTLE_SCOPES, throttle_in_flight_key, throttle_key
+from worker.lua import lua_source
+from worker.ratelimit_headers import RateLimitHeaders, parse_rate_limit_headers
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
+
+#: How long a taken slot counts as in flight without being released: longer than one POST
+#: can take, so only a request whose worker died is forgotten.
+DEFAULT_IN_FLIGHT_LEASE_SECONDS = 30.0
+#: Window assumed when a budget is known but its reset never was.
+FALLBACK_WINDOW_SECONDS = 1.0
+#: A scope's state outlives its last request by this much, then Redis forgets it.
+STATE_TTL_SECONDS = 86_400.0
+#: Spread wake-ups of processes told the same wait, so they do not all hit Redis at once.
+WAIT_JITTER_SECONDS = 0.002
+
+
+@dataclass(frozen=True)
+class ThrottleState:
+    """What ``snackvideo status`` shows for one scope (times read on Redis's clock)."""
+
+    scope: str
+    limit: int | None
+    remaining: int | None
+    reset_in_seconds: float | None
+    window_seconds: float | None
+    blocked_until: float | None  # epoch seconds; None when not blocked
+    blocked_for_seconds: float
+    in_flight: int
+    rate_limited_total: int
+    taken_total: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready; ``remaining`` is what the server last said, before in-flight requests."""
+        blocked_until = (
+            datetime.fromtimestamp(self.blocked_until, UTC).isoformat(timespec="milliseconds")
+            if self.blocked_until is not None
+            else None
+        )
+        return {
+            "limit": self.limit,
+            "remaining": self.remaining,
+            "reset_in_s": self.reset_in_seconds,
+            "blocked_until": blocked_until,
+            "blocked_for_s": self.blocked_for_seconds,
+            "in_flight": self.in_flight,
+            "window_s": self.window_seconds,
+            "taken": self.taken_total,
+            "rate_limited": self.rate_limited_total,
+        }
+
 
 class Throttle:
-    def __init__(self, client: redis.Redis, *, default_rate_per_second: float) -> None:
+    """Per process: holds the tokens of the slots this process took, nothing else."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        default_rate_per_second: float,
+        enabled: bool = True,
+        in_flight_lease_seconds: float = DEFAULT_IN_FLIGHT_LEASE_SECONDS,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
         self.client = client
         self.default_rate_per_second = default_rate_per_second
+        self.enabled = enabled
+        self.in_flight_lease_seconds = in_flight_lease_seconds
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._acquire = client.register_script(lua_source("throttle_acquire"))
+        self._record = client.register_script(lua_source("throttle_record"))
+        # Slots taken by this thread and not yet recorded, oldest first, per scope.
+        self._local = threading.local()
+        # Disabled mode only: this process's own Retry-After deadline per scope.
+        self._blocked_until: dict[str, float] = {}
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings) -> Throttle:
+        return cls(
+            client,
+            default_rate_per_second=settings.default_rate_per_second,
+            enabled=settings.throttle_enabled,
+            # A request never outlives its timeouts; the margin covers a slow record call.
+            in_flight_lease_seconds=settings.http_connect_timeout_seconds
+            + settings.http_read_timeout_seconds
+            + 5.0,
+        )
+
+    # -- the dispatcher's interface ----------------------------------------------------
 
     def acquire(self, scope: str, now: float | None = None) -> float:
         """Take a slot: 0.0 when a request may go now (it then counts as in flight),
         else the seconds to wait before asking again (nothing taken)."""
+        if not self.enabled:
+            wall = self.clock() if now is None else now
+            return max(0.0, self._blocked_until.get(scope, 0.0) - wall)
+        token = uuid.uuid4().hex
+        wait_raw, acquired_raw = self._acquire(
+            keys=[throttle_key(scope), throttle_in_flight_key(scope)],
+            args=[
+                _arg(now),
+                token,
+                self.in_flight_lease_seconds,
+                1.0 / self.default_rate_per_second,
+                STATE_TTL_SECONDS,
+                FALLBACK_WINDOW_SECONDS,
+            ],
+        )
+        wait = float(wait_raw)
+        if wait > 0:
+            return wait + self.rng.uniform(0.0, WAIT_JITTER_SECONDS)
+        self._held(scope).append((token, float(acquired_raw)))
         return 0.0
 
     def record(
@@ -28,3 +166,114 @@ class Throttle:
     ) -> None:
         """Release the slot taken by ``acquire`` and learn from the response headers
         (``status_code`` None: no response, e.g. a timeout)."""
+        wall = self.clock() if now is None else now
+        parsed = parse_rate_limit_headers(headers, wall)
+        if not self.enabled:
+            self._record_disabled(scope, status_code, parsed, wall)
+            return
+        held = self._held(scope)
+        token, acquired_at = held.popleft() if held else ("", None)
+        self._record(
+            keys=[throttle_key(scope), throttle_in_flight_key(scope), THROTTLE_SCOPES],
+            args=[
+                _arg(now),
+                token,
+                _arg(acquired_at),
+                "1" if status_code == 429 else "0",
+                _arg(parsed.limit),
+                _arg(parsed.remaining),
+                _arg(parsed.reset_in_seconds),
+                parsed.reset_resolution_seconds,
+                _arg(parsed.retry_after_seconds),
+                FALLBACK_WINDOW_SECONDS,
+                STATE_TTL_SECONDS,
+                scope,
+            ],
+        )
+
+    # -- inspection (snackvideo status) -------------------------------------------------
+
+    def state(self, scope: str) -> ThrottleState:
+        return read_state(self.client, scope)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _held(self, scope: str) -> deque[tuple[str, float]]:
+        held: defaultdict[str, deque[tuple[str, float]]] | None = getattr(self._local, "held", None)
+        if held is None:
+            held = defaultdict(deque)
+            self._local.held = held
+        return held[scope]
+
+    def _record_disabled(
+        self, scope: str, status_code: int | None, parsed: RateLimitHeaders, wall: float
+    ) -> None:
+        if status_code != 429:
+            return
+        wait = parsed.retry_after_seconds
+        if wait is None:
+            wait = parsed.reset_in_seconds
+        if wait is None:
+            wait = FALLBACK_WINDOW_SECONDS
+        self._blocked_until[scope] = max(self._blocked_until.get(scope, 0.0), wall + wait)
+
+
+def read_state(client: redis.Redis, scope: str) -> ThrottleState:
+    """The throttle state of one scope, as ``snackvideo status`` prints it."""
+    seconds, micros = client.time()
+    now = float(seconds) + float(micros) / 1e6
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hgetall(throttle_key(scope))
+        pipe.zcount(throttle_in_flight_key(scope), f"({now}", "+inf")
+        raw, in_flight = pipe.execute()
+    fields = {_text(key): _text(value) for key, value in raw.items()}
+
+    def number(name: str) -> float | None:
+        try:
+            return float(fields[name])
+        except (KeyError, ValueError):
+            return None
+
+    limit, remaining = number("limit"), number("remaining")
+    reset_at, blocked_until = number("reset_at"), number("blocked_until")
+    if blocked_until is not None and blocked_until <= now:
+        blocked_until = None
+    window = number("window_s")
+    return ThrottleState(
+        scope=scope,
+        limit=int(limit) if limit is not None else None,
+        remaining=int(remaining) if remaining is not None else None,
+        reset_in_seconds=round(max(0.0, reset_at - now), 3) if reset_at is not None else None,
+        window_seconds=round(window, 3) if window is not None else None,
+        blocked_until=blocked_until,
+        blocked_for_seconds=round(blocked_until - now, 3) if blocked_until else 0.0,
+        in_flight=int(in_flight),
+        rate_limited_total=int(number("rate_limited") or 0),
+        taken_total=int(number("taken") or 0),
+    )
+
+
+def throttle_status(client: redis.Redis) -> dict[str, dict[str, Any]]:
+    """``{scope: state}`` for every scope with a live throttle state."""
+    return {scope: read_state(client, scope).as_dict() for scope in known_scopes(client)}
+
+
+def known_scopes(client: redis.Redis) -> list[str]:
+    """Scopes with a live state (forgotten ones are dropped from the index on the way)."""
+    scopes = sorted(_text(member) for member in client.smembers(THROTTLE_SCOPES))
+    live = []
+    for scope in scopes:
+        if client.exists(throttle_key(scope)):
+            live.append(scope)
+        else:
+            client.srem(THROTTLE_SCOPES, scope)
+    return live
+
+
+def _text(value: bytes | str) -> str:
+    # Works with clients made with or without decode_responses.
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _arg(value: float | int | None) -> str:
+    return "" if value is None else repr(value)

@@ -1,7 +1,11 @@
--- keys=[index, entries, reasons, queue] args=[(entry_id, message | "") * n]
+-- keys=[index, entries, reasons, queue, stores] args=[(entry_id, message | "") * n]
 -- Removes entries that still exist and, where a message is given, pushes it onto the
 -- queue in the same step: a replayed job is never in both places or in neither, and two
--- operators replaying at once push it once. Returns the ids actually taken.
+-- operators (or two redrive runs) replaying at once push it once. Returns the ids taken.
+local function decrement(hash, field)
+  if redis.call('HINCRBY', hash, field, -1) <= 0 then redis.call('HDEL', hash, field) end
+end
+
 local taken = {}
 for i = 1, #ARGV, 2 do
   local id = ARGV[i]
@@ -9,8 +13,13 @@ for i = 1, #ARGV, 2 do
   if raw then
     local ok, entry = pcall(cjson.decode, raw)
     local reason = 'unknown'
-    if ok and type(entry) == 'table' and entry.reason then reason = entry.reason end
-    redis.call('HINCRBY', KEYS[3], reason, -1)
+    local store = ''
+    if ok and type(entry) == 'table' then
+      if type(entry.reason) == 'string' then reason = entry.reason end
+      if type(entry.store_id) == 'string' then store = entry.store_id end
+    end
+    decrement(KEYS[3], reason)
+    decrement(KEYS[5], store)
     redis.call('HDEL', KEYS[2], id)
     redis.call('ZREM', KEYS[1], id)
     if ARGV[i + 1] ~= '' then redis.call('LPUSH', KEYS[4], ARGV[i + 1]) end

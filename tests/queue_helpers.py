@@ -1,0 +1,88 @@
+"""Reading the delivery queue the way kombu does: helpers shared by the core-path tests."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from producers.keys import DELIVERY_QUEUE
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    envelope: dict[str, Any]
+    args: list[Any]
+    kwargs: dict[str, Any]
+    embed: dict[str, Any]
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return dict(self.envelope["headers"])
+
+
+def decode_message(raw: bytes | str) -> QueuedMessage:
+    """Unpack a Celery protocol-2 message: JSON envelope, base64 body ``[args, kwargs, embed]``."""
+    envelope = json.loads(raw)
+    assert envelope["properties"]["body_encoding"] == "base64"
+    assert envelope["content-type"] == "application/json"
+    args, kwargs, embed = json.loads(base64.b64decode(envelope["body"]))
+    return QueuedMessage(envelope, args, kwargs, embed)
+
+
+def queued(client: redis.Redis, queue: str = DELIVERY_QUEUE) -> list[QueuedMessage]:
+    """Every message on the list, oldest first (kombu pushes with LPUSH and pops from the right)."""
+    return [decode_message(raw) for raw in reversed(client.lrange(queue, 0, -1))]
+
+
+def event(click_id: str, **extra: Any) -> dict[str, Any]:
+    """A request body the producer and the sandbox both accept."""
+    payload: dict[str, Any] = {
+        "click_id": click_id,
+        "events": [
+            {
+                "event_name": "purchase",
+                "properties": {"currency": "IDR", "value": 150000, "quantity": 2, "price": 75000},
+            }
+        ],
+    }
+    payload.update(extra)
+    return payload
+
+
+class PubSubRecorder(threading.Thread):
+    """Every pub/sub message on the Redis (Celery's task events travel this way)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.client = redis.Redis.from_url(url)
+        self.pubsub = self.client.pubsub()
+        self.pubsub.psubscribe("*")
+        self.messages: list[tuple[bytes, bytes]] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            message = self.pubsub.get_message(timeout=0.1)
+            if message and message["type"] == "pmessage":
+                self.messages.append((message["channel"], message["data"]))
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(5)
+        self.pubsub.close()
+        self.client.close()
+
+    def task_events(self) -> list[dict[str, Any]]:
+        """Celery's task events seen so far (what Flower reads), decoded."""
+        events: list[dict[str, Any]] = []
+        for channel, data in list(self.messages):
+            if b"celeryev" not in channel:
+                continue
+            body = json.loads(base64.b64decode(json.loads(data)["body"]))
+            events += body if isinstance(body, list) else [body]
+        return events

@@ -1,0 +1,220 @@
+"""docker-compose.yml, read as data (no Docker engine runs here): services, commands, Redis
+flags, the Procfile's variables, where the keys go, and the two documented env files.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sandbox.state import DEFAULT_STORES
+from tests.conftest import ROOT
+from worker.settings import _ENV as SETTINGS_ENV
+from worker.settings import Settings
+
+COMPOSE = ROOT / "docker-compose.yml"
+PROCFILE = ROOT / "Procfile"
+SANDBOX_ENV = ROOT / "deploy" / "sandbox.env"
+PRODUCTION_ENV = ROOT / "deploy" / "production.env.example"
+STATE_DIR = "/var/lib/snackvideo"
+
+_VARIABLE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load(COMPOSE.read_text()))
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    return dict(compose["services"])
+
+
+def procfile() -> dict[str, str]:
+    lines = (line.partition(":") for line in PROCFILE.read_text().splitlines() if line.strip())
+    return {name.strip(): command.strip() for name, _, command in lines}
+
+
+def program(command: str) -> list[str]:
+    """The celery/snackvideo invocation of a Procfile line (after any ``mkdir ... && exec``)."""
+    last = command.split("&&")[-1].strip()
+    return shlex.split(last.removeprefix("exec "))
+
+
+def flags(tokens: list[str]) -> set[str]:
+    return {token.split("=")[0] for token in tokens if token.startswith("--")}
+
+
+def command_tokens(service: dict[str, Any]) -> list[str]:
+    command = service["command"]
+    return list(command) if isinstance(command, list) else shlex.split(command)
+
+
+def referenced(text: str) -> set[str]:
+    return {match.group(1) for match in _VARIABLE.finditer(text)}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            values[name.strip()] = value.strip()
+    return values
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}``, as compose reads them."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, operator, argument = match.groups()
+        value = env.get(name)
+        if operator in (":-", "-") and not value:
+            return argument
+        if operator in (":?", "?") and not value:
+            raise LookupError(f"{name}: {argument}")
+        return value or ""
+
+    return _VARIABLE.sub(substitute, text)
+
+
+def resolved(service: dict[str, Any], env: dict[str, str]) -> dict[str, str]:
+    return {name: interpolate(str(v), env) for name, v in service["environment"].items()}
+
+
+# -- services and commands ------------------------------------------------------------------
+
+
+def test_the_five_services_and_one_image(services: dict[str, Any]) -> None:
+    assert set(services) == {"redis", "worker", "beat", "flower", "sandbox"}
+    images = {services[name]["image"] for name in ("worker", "beat", "flower", "sandbox")}
+    assert len(images) == 1
+    assert all(services[name]["build"] == "." for name in ("worker", "beat", "flower", "sandbox"))
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert dockerfile.startswith("# ") and "FROM python:3.11-slim" in dockerfile
+    assert "pip install ." in dockerfile
+
+
+def test_every_procfile_process_runs_the_same_command(services: dict[str, Any]) -> None:
+    processes = procfile()
+    assert set(processes) == {"worker", "beat", "flower", "sandbox"}
+    for name, command in processes.items():
+        expected = program(command)
+        tokens = command_tokens(services[name])
+        # The same program and subcommand (celery -A worker beat, snackvideo sandbox) ...
+        head = 4 if expected[0] == "celery" else 2
+        assert tokens[:head] == expected[:head], name
+        # ... with every option the Procfile gives it.
+        assert flags(expected) <= flags(tokens), (name, flags(expected) - flags(tokens))
+
+
+def test_services_get_the_procfile_variables(services: dict[str, Any]) -> None:
+    for name, command in procfile().items():
+        missing = referenced(command) - set(services[name]["environment"])
+        assert not missing, (name, missing)
+
+
+def test_the_worker_can_be_given_every_setting(services: dict[str, Any]) -> None:
+    missing = set(SETTINGS_ENV) - set(services["worker"]["environment"])
+    assert not missing, f"add to docker-compose.yml's worker environment: {sorted(missing)}"
+
+
+def test_worker_concurrency_comes_from_the_environment(services: dict[str, Any]) -> None:
+    tokens = command_tokens(services["worker"])
+    assert tokens[tokens.index("--concurrency") + 1] == "${WORKER_CONCURRENCY:-8}"
+    assert "9808" in [str(port) for port in services["worker"]["expose"]]
+    assert services["worker"]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+# -- redis ----------------------------------------------------------------------------------
+
+
+def test_redis_is_configured_for_queues(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    redis = services["redis"]
+    assert str(redis["image"]).startswith("redis:7")
+    args = command_tokens(redis)
+    assert args[0] == "redis-server"
+    options = dict(zip(args[1::2], args[2::2], strict=True))
+    assert options["--appendonly"] == "yes"
+    assert options["--appendfsync"] == "everysec"
+    assert options["--maxmemory-policy"] == "noeviction"
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    volume, _, target = redis["volumes"][0].partition(":")
+    assert target == "/data" and volume in compose["volumes"]
+
+
+# -- flower, beat, sandbox --------------------------------------------------------------------
+
+
+def test_flower_basic_auth_from_the_environment_and_persistent_state(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    flower = services["flower"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+    tokens = command_tokens(flower)
+    assert not any("basic_auth" in token or "basic-auth" in token for token in tokens)
+    assert "--persistent=True" in tokens
+    db = next(token.split("=", 1)[1] for token in tokens if token.startswith("--db="))
+    volume, _, target = flower["volumes"][0].partition(":")
+    assert volume in compose["volumes"] and db.startswith(target + "/")
+    assert "FLOWER_BASIC_AUTH" not in services["worker"]["environment"]
+
+
+def test_beat_keeps_its_schedule_on_a_volume(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    beat = services["beat"]
+    tokens = command_tokens(beat)
+    schedule = tokens[tokens.index("--schedule") + 1]
+    volume, _, target = beat["volumes"][0].partition(":")
+    assert volume in compose["volumes"] and schedule.startswith(target + "/")
+    assert target == STATE_DIR == beat["environment"]["SNACKVIDEO_STATE_DIR"]
+
+
+def test_sandbox_only_with_its_profile_and_without_keys(services: dict[str, Any]) -> None:
+    sandbox = services["sandbox"]
+    assert sandbox["profiles"] == ["sandbox"]
+    assert command_tokens(sandbox)[:4] == ["snackvideo", "sandbox", "--host", "0.0.0.0"]
+    assert not any(name.startswith("SCALEV_") for name in sandbox["environment"])
+
+
+def test_storefront_keys_reach_the_worker_only(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        has_keys = any(v.startswith("SCALEV_STOREFRONT") for v in service.get("environment", {}))
+        assert has_keys == (name == "worker"), name
+    assert not re.search(r"pk_(live|test)_", COMPOSE.read_text())
+
+
+# -- pointing it somewhere: the two env files ---------------------------------------------------
+
+
+def test_the_sandbox_env_file_runs_the_demo_end_to_end(services: dict[str, Any]) -> None:
+    env = read_env_file(SANDBOX_ENV)
+    assert env["COMPOSE_PROFILES"] == "sandbox"
+    worker_env = resolved(services["worker"], env)
+    sandbox_port = resolved(services["sandbox"], env)["SANDBOX_PORT"]
+    assert worker_env["SCALEV_API_BASE_URL"] == f"http://sandbox:{sandbox_port}"
+    settings = Settings.from_env(worker_env)  # empty values fall back to the defaults
+    assert settings.redis_url == "redis://redis:6379/0"
+    assert settings.api_key_for("demo_store") == DEFAULT_STORES["demo_store"]
+    assert settings.metrics_port == 9808
+    command = interpolate(services["worker"]["command"], env)
+    assert f"--concurrency {env['WORKER_CONCURRENCY']}" in command
+
+
+def test_production_points_at_scalev_without_the_sandbox(services: dict[str, Any]) -> None:
+    env = read_env_file(PRODUCTION_ENV)
+    assert "COMPOSE_PROFILES" not in env
+    worker_env = resolved(services["worker"], env)
+    assert worker_env["SCALEV_API_BASE_URL"] == "https://api.scalev.com"
+    Settings.from_env(worker_env)
+    # Nothing set: compose refuses to start rather than guess where events go.
+    with pytest.raises(LookupError, match="SCALEV_API_BASE_URL"):
+        resolved(services["worker"], {})
+    assert "deploy/production.env" in (ROOT / ".gitignore").read_text().split()

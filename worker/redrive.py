@@ -1,0 +1,185 @@
+"""Scheduled reprocessing of the dead-letter queue: the beat task ``snackvideo.redrive``.
+
+Every SNACKVIDEO_REDRIVE_INTERVAL_SECONDS Celery beat sends ``snackvideo.redrive`` to the
+control queue (``snackvideo.control``), so it never waits behind queued deliveries, with
+an expiry of one interval, so runs held up by a busy worker are dropped instead of piling
+up. A run replays, oldest first and at most ``redrive_batch_size`` of them, the entries
+
+* whose reason may heal with time or configuration (``redrive_reasons``: by default
+  http_404, http_401, http_403, no_api_key, retries_exhausted; never http_400,
+  invalid_job or expired unless configured), and
+* that have been replayed fewer than ``redrive_max_replays`` times; the others stay in
+  the queue for an operator (``snackvideo dlq replay`` has no cap).
+
+A ``no_api_key`` entry waits, without spending a replay, while the store still has no key
+in this process's configuration (the workers share it): replaying it would only fail
+again at once and use up the cap before anyone had time to add the key.
+
+Two beats (a failover pair, or one left running by mistake) must not replay an entry twice.
+Two guards: a run holds ``snackvideo:redrive:lock`` (SET NX PX, released by compare-and-
+delete so a run that outlived the TTL cannot free a later run's lock), and the replay
+itself is the atomic take of ``dlq_take.lua``, which pushes an entry only if it is still
+there. The lock keeps runs from doing the same work twice; the take would be enough for
+correctness on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from worker.app import app
+from worker.connections import redis_client
+from worker.deadletter import DeadLetter, DeadLetterStore, Trimmed
+from worker.keys import REDRIVE_LOCK, REDRIVE_TASK
+from worker.lua import lua_source
+from worker.settings import Settings, get_settings
+
+log = logging.getLogger("snackvideo.redrive")
+
+#: Longest a run may hold the lock. A run takes seconds; if its process dies, the next
+#: run may start after this long.
+LOCK_TTL_SECONDS = 300.0
+
+
+class RedriveLock:
+    """A Redis lock with an owner token: ``SET key token NX PX``, compare-and-delete."""
+
+    def __init__(self, client: redis.Redis, ttl_seconds: float = LOCK_TTL_SECONDS) -> None:
+        self.client = client
+        self.ttl_ms = int(ttl_seconds * 1000)
+        self.token = secrets.token_hex(16)
+        self._release = client.register_script(lua_source("redrive_unlock"))
+
+    def acquire(self) -> bool:
+        return bool(self.client.set(REDRIVE_LOCK, self.token, nx=True, px=self.ttl_ms))
+
+    def release(self) -> bool:
+        return bool(self._release(keys=[REDRIVE_LOCK], args=[self.token]))
+
+
+@dataclass
+class RedriveReport:
+    locked_out: bool = False
+    replayed: list[DeadLetter] = field(default_factory=list)
+    at_cap: int = 0  # healable entries left for an operator (seen while filling the batch)
+    waiting: int = 0  # no_api_key entries whose store still has no key configured
+    trimmed: list[Trimmed] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        if self.locked_out:
+            return "skipped: another redrive run holds the lock"
+        by_reason = Counter(entry.reason for entry in self.replayed)
+        reasons = ",".join(f"{k}:{v}" for k, v in sorted(by_reason.items())) or "-"
+        return (
+            f"replayed={len(self.replayed)} by_reason={reasons} at_cap={self.at_cap} "
+            f"waiting_for_key={self.waiting} trimmed={len(self.trimmed)}"
+        )
+
+
+class Redriver:
+    def __init__(
+        self,
+        store: DeadLetterStore,
+        *,
+        reasons: Sequence[str],
+        max_replays: int,
+        batch_size: int,
+        lock: RedriveLock | None = None,
+        has_api_key: Callable[[str], bool] = lambda _store_id: True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.reasons = frozenset(reasons)
+        self.max_replays = max_replays
+        self.batch_size = batch_size
+        self.lock = lock
+        self.has_api_key = has_api_key
+        self.clock = clock
+
+    @classmethod
+    def from_settings(cls, settings: Settings, client: redis.Redis) -> Redriver:
+        store = DeadLetterStore(
+            client,
+            max_entries=settings.dlq_max_entries,
+            max_age_seconds=settings.dlq_max_age_seconds,
+        )
+        return cls(
+            store,
+            reasons=settings.redrive_reasons,
+            max_replays=settings.redrive_max_replays,
+            batch_size=settings.redrive_batch_size,
+            lock=RedriveLock(client),
+            has_api_key=lambda store_id: settings.api_key_for(store_id) is not None,
+        )
+
+    def run(self) -> RedriveReport:
+        """One scheduled run: under the lock when there is one, else straight through."""
+        if self.lock is None:
+            return self._run_unlocked()
+        if not self.lock.acquire():
+            return RedriveReport(locked_out=True)
+        try:
+            return self._run_unlocked()
+        finally:
+            self.lock.release()
+
+    def _run_unlocked(self) -> RedriveReport:
+        report = RedriveReport()
+        # Retention runs here too, so a quiet queue is trimmed by age without new failures.
+        report.trimmed = self.store.trim(now=self.clock())
+        for item in report.trimmed:
+            log.warning(
+                "dead-letter retention trimmed entry=%s reason=%s", item.entry_id, item.reason
+            )
+        candidates, report.at_cap, report.waiting = self.select()
+        taken = set(self.store.replay(candidates))
+        report.replayed = [entry for entry in candidates if entry.id in taken]
+        for entry in report.replayed:
+            log.info(
+                "redrive replayed entry=%s reason=%s store_id=%s click_id=%s replay=%d",
+                entry.id,
+                entry.reason,
+                entry.store_id or "-",
+                entry.click_id or "-",
+                entry.replay_count + 1,
+            )
+        return report
+
+    def select(self) -> tuple[list[DeadLetter], int, int]:
+        """Up to one batch of healable entries below the cap, oldest first; and how many
+        healable entries were passed over, at the cap and waiting for a key."""
+        live = self.store.counts_by_reason()
+        if not any(live.get(reason) for reason in self.reasons):
+            return [], 0, 0  # nothing healable: skip reading the whole queue
+        chosen: list[DeadLetter] = []
+        at_cap = waiting = 0
+        for entry in self.store.iter_entries(newest_first=False):
+            if entry.reason not in self.reasons:
+                continue
+            if entry.replay_count >= self.max_replays:
+                at_cap += 1
+                continue
+            if entry.reason == "no_api_key" and not self.has_api_key(entry.store_id):
+                waiting += 1
+                continue
+            chosen.append(entry)
+            if len(chosen) >= self.batch_size:
+                break
+        return chosen, at_cap, waiting
+
+
+@app.task(name=REDRIVE_TASK, ignore_result=True, acks_late=False)
+def redrive(**_: Any) -> str:
+    # acks_late=False: a run lost with its worker is simply the next run's work; redelivering
+    # it after the visibility timeout would only add a stale run.
+    report = Redriver.from_settings(get_settings(), redis_client()).run()
+    log.info("redrive %s", report)
+    return str(report)

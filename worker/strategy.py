@@ -1,0 +1,74 @@
+"""A guard in front of Celery's task strategy: unreadable message bodies are dead-lettered.
+
+Celery builds a request from a protocol-2 body by unpacking ``[args, kwargs, embed]`` in
+the worker's main process, outside any task. A body of another shape (``{}``, ``[[], {}]``,
+``5``) raises there, the consumer loop dies, the worker exits, and the unacknowledged
+message is restored to the queue for the next worker to die on: one stray message
+would stop every worker in turn. A body that is not JSON at all is acked and logged by
+Celery, but the job is gone. Both are parked here as ``invalid_job`` and acked instead,
+as DESIGN.md promises for any message the worker cannot read.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from celery.worker.strategy import default
+from kombu.exceptions import DecodeError
+
+log = logging.getLogger("snackvideo.delivery")
+
+
+def body_problem(body: Any) -> str | None:
+    """Why ``body`` (the decoded message body) cannot be called as a task, else None."""
+    if isinstance(body, dict) and "args" in body:
+        return None  # a hybrid protocol-1 body; Celery reads it safely
+    if not isinstance(body, list | tuple) or len(body) != 3:
+        return "message body must be [args, kwargs, embed]"
+    args, kwargs, embed = body
+    if not isinstance(args, list | tuple):
+        return "message args must be a list"
+    if not isinstance(kwargs, dict):
+        return "message kwargs must be an object"
+    if embed is not None and not isinstance(embed, dict):
+        return "message embed must be an object or null"
+    return None
+
+
+def guarded(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
+    """Celery's default strategy, after a check that the body can be unpacked at all."""
+    handle = default(task, app, consumer, **kwargs)
+
+    def on_message(
+        message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any
+    ) -> Any:
+        if body is None:  # protocol 2: the body is decoded lazily, so look before Celery does
+            try:
+                problem = body_problem(message.payload)
+                raw: Any = message.payload
+            except DecodeError as exc:
+                problem, raw = f"message body is not valid JSON: {exc}", message.body
+            if problem is not None:
+                return _dead_letter(message, raw, problem, ack, reject, consumer)
+        return handle(message, body, ack, reject, callbacks, **kw)
+
+    return on_message
+
+
+def _dead_letter(
+    message: Any, raw: Any, problem: str, ack: Any, reject: Any, consumer: Any
+) -> None:
+    from worker.tasks import get_dispatcher  # the task module imports this one's users
+
+    task_id = message.headers.get("id") if isinstance(message.headers, dict) else None
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="replace")
+    try:
+        get_dispatcher().dead_letter_unreadable({"job_id": task_id, "raw": raw}, problem)
+    except redis.RedisError as exc:
+        log.warning("cannot dead-letter unreadable message %s: %s", task_id, exc)
+        reject(log, consumer.connection_errors, requeue=True)
+        return
+    ack(log, consumer.connection_errors)
