@@ -16,7 +16,7 @@ RUN pip install . \
     && mkdir -p /var/lib/snackvideo \
     && chown snackvideo /var/lib/snackvideo
 
-# Celery refuses nothing as root, but a worker has no reason to be root.
+# No process of this image needs root.
 USER snackvideo
 ENV SNACKVIDEO_STATE_DIR=/var/lib/snackvideo
 EXPOSE 9808 5555 8099

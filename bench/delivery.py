@@ -31,6 +31,7 @@ from celery import Celery
 
 from bench.common import (
     DEFAULT_N,
+    STORE,
     STORE_KEY,
     BenchError,
     RedisServer,
@@ -96,7 +97,7 @@ def fill_ours(redis_url: str, n: int, run: str) -> None:
     try:
         for start in range(0, n, FILL_BATCH):
             batch = [payload(i, run) for i in range(start, min(n, start + FILL_BATCH))]
-            producer.enqueue_many("store_bench", batch)
+            producer.enqueue_many(STORE, batch)
     finally:
         producer.close()
 
@@ -175,9 +176,7 @@ def run_ours(
 def run_naive(stack: Stack, concurrency: int, n: int) -> Result:
     stack.clean()
     fill_naive(stack.redis.url, stack.sandbox.base_url, n, f"naive{concurrency}")
-    env = worker_env(
-        stack.redis.url, stack.sandbox.base_url, SCALEV_STOREFRONT_API_KEY=STORE_KEY
-    )
+    env = worker_env(stack.redis.url, stack.sandbox.base_url, SCALEV_STOREFRONT_API_KEY=STORE_KEY)
     worker = Worker("bench.naive_worker", env, pool="prefork", concurrency=concurrency)
     return measure_worker(stack, worker, "B: naive Celery", concurrency, n, run_timeout(n))
 
@@ -213,9 +212,7 @@ def run_plain_loop(stack: Stack, threads: int, n: int) -> Result:
     for thread in workers:
         thread.join()
     client_cpu = time.process_time() - cpu_start
-    sandbox_share = (cpu_seconds(sandbox.pid) - sandbox_cpu_start) / (
-        time.monotonic() - wall_start
-    )
+    sandbox_share = (cpu_seconds(sandbox.pid) - sandbox_cpu_start) / (time.monotonic() - wall_start)
     first, last, accepted = sandbox.received_span()
     note = f"{len(failures)} failures ({', '.join(sorted(set(failures)))})" if failures else ""
     return Result(
@@ -270,8 +267,9 @@ def run(
             if c == max(concurrencies):
                 for pool in probes:
                     probe = run_ours(stack, pool, c, min(n, PROBE_N), PROBE_TIMEOUT_SECONDS)
-                    probe.note = (f"probe: N = {probe.n}, {PROBE_TIMEOUT_SECONDS:g} s bound; "
-                                  + probe.note).rstrip("; ")
+                    probe.note = (
+                        f"probe: N = {probe.n}, {PROBE_TIMEOUT_SECONDS:g} s bound; " + probe.note
+                    ).rstrip("; ")
                     batch.append(probe)
             for result in batch:
                 print(f"  {result.runner} -c {c}: {result.rate:,.0f} events/s", flush=True)
@@ -347,13 +345,19 @@ def parse_ints(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.delivery", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.delivery",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--n", type=int, default=env_int("BENCH_N", DEFAULT_N))
     parser.add_argument("--concurrency", default=",".join(map(str, DEFAULT_CONCURRENCY)))
     parser.add_argument("--pools", default="prefork,threads")
-    parser.add_argument("--probe-pools", default="gevent",
-                        help="pools tried once, briefly, at the highest concurrency")
+    parser.add_argument(
+        "--probe-pools",
+        default="gevent",
+        help="pools tried once, briefly, at the highest concurrency",
+    )
     args = parser.parse_args(argv)
     run(args.n, parse_ints(args.concurrency), split(args.pools), split(args.probe_pools))
     return 0

@@ -161,7 +161,9 @@ def record(
     return profiles, f"{done:,} events delivered while sampling{note}"
 
 
-def shares(counters: dict[str, Counter[str]], totals: dict[str, int], limit: int) -> str:
+def shares(
+    label: str, counters: dict[str, Counter[str]], totals: dict[str, int], limit: int
+) -> str:
     """One row per name, one share column per mode, ordered by the first mode."""
     first = next(iter(counters))
     names = [name for name, _ in counters[first].most_common(limit)]
@@ -172,7 +174,7 @@ def shares(counters: dict[str, Counter[str]], totals: dict[str, int], limit: int
         + [f"{counters[m][name] * 100 / max(1, totals[m]):.1f}%" for m in counters]
         for name in names
     ]
-    return table(["", *(f"{m} share" for m in counters)], rows)
+    return table([label, *(f"{m} share" for m in counters)], rows)
 
 
 def run(n: int = 5_000, pool: str = "prefork", concurrency: int = 4, seconds: float = 6) -> Section:
@@ -198,27 +200,32 @@ def run(n: int = 5_000, pool: str = "prefork", concurrency: int = 4, seconds: fl
     )
     section.add(
         "By process:\n\n"
-        + shares({m: p.by_role() for m, p in profiles.items()}, totals, 5)
+        + shares("process", {m: p.by_role() for m, p in profiles.items()}, totals, 5)
     )
     section.add(
         "Steps of `Dispatcher.deliver`, each inclusive of what it calls (share of all "
         "samples; `→` names the first callee outside `worker/delivery.py`):\n\n"
-        + shares({m: p.deliver_steps() for m, p in profiles.items()}, totals, 10)
+        + shares(
+            "step → first callee", {m: p.deliver_steps() for m, p in profiles.items()}, totals, 10
+        )
     )
     section.add(
         "Self time by library of the running frame:\n\n"
-        + shares({m: p.self_by_library() for m, p in profiles.items()}, totals, 12)
+        + shares("library", {m: p.self_by_library() for m, p in profiles.items()}, totals, 12)
     )
     section.add(
         "Top functions by self time:\n\n"
-        + shares({m: p.self_by_function() for m, p in profiles.items()}, totals, 12)
+        + shares("function", {m: p.self_by_function() for m, p in profiles.items()}, totals, 12)
     )
     return section
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.hotpath",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--n", type=int, default=env_int("BENCH_PROFILE_N", 5_000))
     parser.add_argument("--pool", default="prefork")
     parser.add_argument("--concurrency", type=int, default=4)

@@ -65,9 +65,7 @@ class Snapshot:
         children = dict(self.children)
         for pid, rss in other.children.items():
             children[pid] = max(rss, children.get(pid, 0))
-        return Snapshot(
-            max(self.main, other.main), children, max(self.pss_total, other.pss_total)
-        )
+        return Snapshot(max(self.main, other.main), children, max(self.pss_total, other.pss_total))
 
 
 @dataclass
@@ -163,8 +161,11 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.memory",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--n", type=int, default=env_int("BENCH_MEMORY_N", 2_000))
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--pools", default="prefork,threads")

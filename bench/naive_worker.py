@@ -3,14 +3,17 @@
 Default Celery settings (prefork, prefetch 4, early acks, no task events), and a task
 that does one ``requests.post`` per event: a new connection each time, no throttle, no
 dead letters, no idempotency. The storefront key comes from the environment, like the
-real worker's, so no job carries it.
+real worker's, so no job carries it. A second task, ``naive.touch``, does no HTTP at all:
+it shows what Celery itself costs per task on this machine.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
+import redis
 import requests
 from celery import Celery
 
@@ -29,3 +32,22 @@ def post(url: str, payload: dict[str, Any]) -> int:
     )
     response.raise_for_status()
     return response.status_code
+
+
+TOUCH_TASK = "naive.touch"
+FIRST_KEY, LAST_KEY, DONE_KEY = "naive:first", "naive:last", "naive:done"
+_clients: dict[int, redis.Redis] = {}
+
+
+@app.task(name=TOUCH_TASK)
+def touch() -> None:
+    """Celery's own floor: a task that only records its finish time (one round trip)."""
+    client = _clients.get(os.getpid())
+    if client is None:  # one client per process: a pool made before a fork is not shared
+        client = _clients[os.getpid()] = redis.Redis.from_url(app.conf.broker_url)
+    now = time.time()
+    with client.pipeline(transaction=False) as pipe:
+        pipe.set(FIRST_KEY, now, nx=True)
+        pipe.set(LAST_KEY, now)
+        pipe.incr(DONE_KEY)
+        pipe.execute()

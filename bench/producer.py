@@ -144,8 +144,16 @@ def run(n: int = DEFAULT_N, rounds: int = 5) -> Section:
         )
     section.add(
         table(
-            ["method", "calls", "events", "p50 ms", "p99 ms", "max ms", "events/s",
-             "events/s vs send_task"],
+            [
+                "method",
+                "calls",
+                "events",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "events/s",
+                "events/s vs send_task",
+            ],
             rows,
         )  # fmt: skip
     )

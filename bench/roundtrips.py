@@ -108,9 +108,7 @@ def run(n: int = 1_000, pool: str = "prefork", concurrency: int = 4) -> Section:
         for who in ("ours", "broker", "mover")
         if totals[who]
     ]
-    section.add(
-        table(["sender", "round trips per delivery", "commands per delivery"], summary)
-    )
+    section.add(table(["sender", "round trips per delivery", "commands per delivery"], summary))
     ours = totals["ours"] / tasks if tasks else 0.0
     verdict = "met" if ours <= TARGET_ROUND_TRIPS else "NOT met"
     section.add(
@@ -135,8 +133,11 @@ def run(n: int = 1_000, pool: str = "prefork", concurrency: int = 4) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.roundtrips", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.roundtrips",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--n", type=int, default=env_int("BENCH_ROUNDTRIP_N", 1_000))
     parser.add_argument("--pool", default="prefork")
     parser.add_argument("--concurrency", type=int, default=4)

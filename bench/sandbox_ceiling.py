@@ -139,8 +139,14 @@ def run(n: int = DEFAULT_N, connections: Sequence[int] = (1, 4, 8, 16)) -> Secti
         stack.close()
     section.add(
         table(
-            ["connections", "lean client events/s", "sandbox CPU µs/request", "sandbox CPU",
-             "A: requests.Session events/s", "A ÷ lean"],
+            [
+                "connections",
+                "lean client events/s",
+                "sandbox CPU µs/request",
+                "sandbox CPU",
+                "A: requests.Session events/s",
+                "A ÷ lean",
+            ],
             rows,
         )  # fmt: skip
     )

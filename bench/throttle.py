@@ -105,9 +105,7 @@ def measure(
     started = time.monotonic()
     # Generous bound: a tenth of the advertised rate, plus start-up slack.
     timeout = n / (limit / window) * 10 + 60
-    wait_until(
-        lambda: sandbox.accepted() >= n, timeout, f"{run}: {n} events", interval=0.25
-    )
+    wait_until(lambda: sandbox.accepted() >= n, timeout, f"{run}: {n} events", interval=0.25)
     seconds = time.monotonic() - started
     stats = sandbox.stats()
     windows = stats["windows"]

@@ -261,6 +261,7 @@ def test_metrics_port_zero_serves_nothing_and_writes_no_files(
     wait_until(lambda: sandbox.events(click_id="off-1"), timeout=30, what="delivery")
     assert not directory.exists()
     assert "serving /metrics" not in worker.log()
+    assert "cannot record metrics" not in worker.log()
 
 
 # -- the pieces, without a worker -------------------------------------------------------------

@@ -171,6 +171,29 @@ def test_no_rate_limit_headers_ever_means_the_default_rate(throttle: Throttle) -
         assert throttle.acquire(SCOPE, now=now + 0.05) > 0
 
 
+def test_whole_second_resets_are_narrowed_by_the_learned_window(
+    throttle: Throttle, redis_client: redis.Redis
+) -> None:
+    """Epoch-second resets on a 1 s window: the announced reset can be ~1 s late."""
+    t0 = T0 + 0.3  # the server opens its window at t0 + 0.005; it ends at t0 + 1.005
+    assert throttle.acquire(SCOPE, now=t0) == 0.0
+    throttle.record(SCOPE, 204, headers(25, 24, int(T0) + 2), now=t0 + 0.01)
+    assert field(redis_client, "reset_at") == pytest.approx(T0 + 2)  # 0.695 s late
+    for left in range(23, 2, -1):  # the window's other answers
+        throttle.record(SCOPE, 204, headers(25, left, int(T0) + 2), now=t0 + 0.5)
+    # The first request after the true end opens the next window: now we know its length
+    # is at most (answer of the new one) - (send of the old one's first) = 1.03 s.
+    assert throttle.acquire(SCOPE, now=t0 + 1.02) == 0.0
+    throttle.record(SCOPE, 204, headers(25, 24, int(T0) + 3), now=t0 + 1.03)
+    assert field(redis_client, "window_bound") == pytest.approx(1.03)
+    true_reset = t0 + 1.025 + 1
+    reset_at = field(redis_client, "reset_at")
+    assert reset_at is not None and true_reset <= reset_at == pytest.approx(t0 + 2.06)
+    # A 429 says the model let a request through too early: forget what was learned.
+    throttle.record(SCOPE, 429, headers(25, 0, int(T0) + 3), now=t0 + 1.5)
+    assert field(redis_client, "window_bound") is None
+
+
 # -- 429 -----------------------------------------------------------------------------------
 
 

@@ -17,12 +17,12 @@ from producers.keys import DELIVERY_QUEUE
 from worker.connections import redis_client
 from worker.keys import CONTROL_QUEUE, REDRIVE_TASK
 from worker.metrics import MetricsServerStep
-from worker.poison import register_transport
 from worker.scheduler import DelayedJobs, DueJobMover
 from worker.settings import get_settings
+from worker.transport import register_transport
 
 settings = get_settings()
-# redis:// now means kombu's Redis transport with a poison-message guard (worker.poison).
+# redis:// now means kombu's Redis transport with the guards of worker.transport.
 register_transport()
 
 
@@ -65,6 +65,11 @@ app.conf.update(
     task_send_sent_event=True,
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,  # a worker waits out a Redis outage, however long
+    # Keep deliveries running through a broker reconnect (Celery 6 flips this default):
+    # a running POST finishes and sets its delivered-marker, and the unacked copy that
+    # comes back after the visibility timeout is then not sent again. A cancelled one
+    # could die between its POST and its marker: a duplicate (docs/durability.md).
+    worker_cancel_long_running_tasks_on_connection_loss=False,
     broker_transport_options={
         # Retries and long throttle waits live in Redis (worker.scheduler), so no message
         # is held longer than one POST plus one short sleep: the timeout can stay short and
@@ -73,6 +78,10 @@ app.conf.update(
         "unacked_restore_interval": settings.unacked_restore_interval_seconds,
         # Scan on every sweep, so the interval above alone sets how fast jobs come back.
         "unacked_restore_throttle": 1,
+        # The sweep runs under a Redis lock. A worker killed while holding it would block
+        # every other worker's sweep for kombu's default 300 s. Restores are transactions,
+        # so two sweeps at once are safe, and a short lock is enough.
+        "unacked_mutex_expire": 30,
         "socket_timeout": 10,
         "socket_connect_timeout": 5,
         "health_check_interval": 10,

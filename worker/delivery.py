@@ -116,8 +116,11 @@ class Dispatcher:
 
     def _send(self, job: JobMessage, api_key: str) -> Outcome:
         scope = self._throttle_scope(job)
+        waited = 0.0  # slept for throttle slots in this run: the delivered line's wait=
         for _ in range(MAX_RATE_LIMITED_IN_RUN):
+            asked_at = self.clock()
             wait = self._wait_for_slot(scope)
+            waited += self.clock() - asked_at
             if wait > 0:
                 return self._postpone(job, wait, "throttled", None, None)
             attempt = job.attempts + 1
@@ -138,6 +141,7 @@ class Dispatcher:
                 job,
                 result.status_code,
                 attempt=attempt,
+                wait=waited,
                 seconds=self.clock() - started,
             )
             return Outcome("delivered", job.job_id, result.status_code)

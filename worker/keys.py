@@ -3,6 +3,7 @@
     snackvideo                       list   the delivery queue (kombu; Celery messages)
     snackvideo.control               list   control tasks (redrive), never behind deliveries
     unacked, unacked_index           hash/zset  kombu's in-flight messages (visibility timeout)
+    unacked_mutex                    string kombu's lock for the restore sweep (expires in 30 s)
     snackvideo:idem:{store}:{key}    string job id holding an idempotency key (TTL 48 h)
     snackvideo:delivered:{job_id}    string set after a 2xx, so a redelivered message is not sent
                                             again (TTL: max job age + 1 day)

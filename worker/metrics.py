@@ -69,9 +69,6 @@ EVENT_AGE_BUCKETS = (
 )  # fmt: skip
 THROTTLE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
-#: The outcomes a task run ends in (``snackvideo_deliveries_total{outcome}``).
-OUTCOMES = ("delivered", "retried", "dead_lettered", "throttled", "duplicate")
-
 
 class Metrics:
     """The metric objects a delivering process changes."""
@@ -203,6 +200,14 @@ def prepare_multiprocess(directory: Path) -> Path:
         _metrics = None  # built before this with in-memory values? build them again
     _directory = directory
     return directory
+
+
+def use_in_memory_values() -> None:
+    """Back to prometheus_client's per-process values (metrics off)."""
+    global _metrics
+    values.ValueClass = values.MutexValue
+    with _metrics_lock:
+        _metrics = None
 
 
 @contextmanager
@@ -395,6 +400,9 @@ def _metrics_port() -> int:
 @worker_init.connect
 def _prepare_before_fork(sender: Any = None, **_: Any) -> None:
     if _metrics_port() == 0:
+        # Nothing serves the files, so write none, even if PROMETHEUS_MULTIPROC_DIR is set
+        # (prometheus_client would otherwise go multiprocess on the variable alone).
+        use_in_memory_values()
         return
     configured = os.environ.get(MULTIPROC_ENV)
     node_name = str(getattr(sender, "hostname", None) or f"pid{os.getpid()}")

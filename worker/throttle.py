@@ -154,7 +154,14 @@ class Throttle:
         wait = float(wait_raw)
         if wait > 0:
             return wait + self.rng.uniform(0.0, WAIT_JITTER_SECONDS)
-        self._held(scope).append((token, float(acquired_raw)))
+        acquired_at = float(acquired_raw)
+        held = self._held(scope)
+        # A slot whose request never got recorded (an unexpected error in between) has
+        # lost its lease in Redis already; forget it here too, or the next record would
+        # release that old token instead of its own.
+        while held and held[0][1] < acquired_at - self.in_flight_lease_seconds:
+            held.popleft()
+        held.append((token, acquired_at))
         return 0.0
 
     def record(

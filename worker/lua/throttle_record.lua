@@ -63,6 +63,8 @@ if new_window then
     if not window_bound or bound < window_bound then window_bound = bound end
   end
   remaining = h_remaining or (limit and math.max(limit - 1, 0))
+  -- A provisional refill lasts window_s: never shorter than a fresh window has announced.
+  if h_reset_in and (not window_s or h_reset_in > window_s) then window_s = h_reset_in end
   reset_at = reset_hint or (now + (window_s or fallback_window))
   started, opened, provisional = acquired_at, nil, false
   -- The pace set for the old window (or the default rate) says nothing about this one.
