@@ -2,21 +2,21 @@
 
 ``BENCH_VARIANT`` (comma-separated) names the changes. Each one imitates, from outside,
 a change someone might make in ``worker/``, so its gain is measured before anyone makes
-it; the skip_* ones are upper bounds (the step's round trip is dropped rather than
-folded into another call, which keeps a little of its cost):
+it:
 
 - ``events_off``: no Celery task events (``worker_send_task_events`` off): no PUBLISH
   per task, no event dispatch in the main process; Flower then sees no task states.
-- ``quiet_logs``: the three INFO lines per delivery (Celery's received/succeeded and
-  ours) at WARNING instead.
+- ``quiet_logs``: every INFO line per delivery at WARNING instead: our ``outcome=``
+  line, and Celery's received/succeeded lines where they are on.
+- ``celery_task_log``: Celery's "received" / "succeeded" INFO lines back on
+  (``SNACKVIDEO_CELERY_TASK_LOG=on``; off by default, see ``worker/celery_logs.py``):
+  what dropping them saves, measured the other way round.
 - ``prefetch4``: ``worker_prefetch_multiplier = 4``, so the consumer is not idle between
   a task's end and the next fetch (late acks keep prefetched jobs safe: unacked).
-- ``skip_delivered_set``: no ``SET delivered:{job}`` round trip (what folding that SET
-  into the throttle's record Lua would save).
-- ``skip_preflight``: no ``EXISTS + HEXISTS`` pipeline (what folding the
-  delivered/parked check into the acquire Lua would save).
 
-Only for benchmarks: the skip_* variants drop a safety check.
+The delivered/parked check and the delivered-marker ``SET`` that ``skip_preflight`` and
+``skip_delivered_set`` used to drop are folded into the throttle's two Lua calls now
+(``worker/marks.py``): there is no round trip of their own left to skip.
 """
 
 from __future__ import annotations
@@ -27,23 +27,18 @@ from typing import Any
 
 from celery.signals import after_setup_logger, worker_process_init
 
-from worker import delivery
-from worker.app import app
-
-__all__ = ["app"]
-
-KNOWN = {"events_off", "quiet_logs", "prefetch4", "skip_delivered_set", "skip_preflight"}
+KNOWN = {"events_off", "quiet_logs", "celery_task_log", "prefetch4"}
 VARIANTS = {v.strip() for v in os.environ.get("BENCH_VARIANT", "").split(",") if v.strip()}
 PER_DELIVERY_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "snackvideo.delivery")
 
 if VARIANTS - KNOWN:
     raise SystemExit(f"unknown BENCH_VARIANT: {', '.join(sorted(VARIANTS - KNOWN))}")
+if "celery_task_log" in VARIANTS:
+    os.environ["SNACKVIDEO_CELERY_TASK_LOG"] = "on"  # read once, when worker.app is imported
 
+from worker.app import app  # noqa: E402 (after the environment above)
 
-def _replace(name: str, replacement: Any) -> None:
-    if not hasattr(delivery.Dispatcher, name):
-        raise SystemExit(f"worker.delivery.Dispatcher has no {name}: update bench/variant_worker")
-    setattr(delivery.Dispatcher, name, replacement)
+__all__ = ["app"]
 
 
 def _quiet(**_: Any) -> None:
@@ -55,10 +50,6 @@ if "events_off" in VARIANTS:
     app.conf.update(worker_send_task_events=False, task_send_sent_event=False)
 if "prefetch4" in VARIANTS:
     app.conf.worker_prefetch_multiplier = 4
-if "skip_delivered_set" in VARIANTS:
-    _replace("_mark_delivered", lambda self, job: None)
-if "skip_preflight" in VARIANTS:
-    _replace("_already_done", lambda self, job: False)
 if "quiet_logs" in VARIANTS:
     _quiet()
     after_setup_logger.connect(_quiet, weak=False)

@@ -26,10 +26,9 @@ from bench.naive_worker import DONE_KEY, FIRST_KEY, LAST_KEY, TOUCH_TASK
 DEFAULT_VARIANTS = (
     "events_off",
     "quiet_logs",
+    "celery_task_log",
     "prefetch4",
-    "skip_delivered_set",
-    "skip_preflight",
-    "events_off,quiet_logs,prefetch4,skip_delivered_set,skip_preflight",
+    "events_off,quiet_logs,prefetch4",
 )
 AS_SHIPPED = "as shipped"
 #: One as-shipped run before every this many variants: the reference drifts with the load.

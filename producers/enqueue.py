@@ -22,7 +22,7 @@ from tenacity import (
     RetryError,
     Retrying,
     retry_if_exception_type,
-    stop_after_delay,
+    stop_before_delay,
     wait_random_exponential,
 )
 
@@ -69,7 +69,10 @@ class Producer:
             env.get("SNACKVIDEO_IDEMPOTENCY_TTL_SECONDS", DEFAULT_IDEMPOTENCY_TTL_SECONDS)
         )
         # redis-py's own retry is switched off so that the one policy below bounds the call.
-        socket_timeout = min(2.0, self.timeout_seconds)
+        # The bound covers the whole call: retries stop starting once the last one could
+        # still run its full socket timeout before the deadline.
+        socket_timeout = min(2.0, self.timeout_seconds / 2)
+        self._retry_window_seconds = self.timeout_seconds - socket_timeout
         self.client = client or redis.Redis.from_url(
             self.redis_url,
             socket_timeout=socket_timeout,
@@ -118,7 +121,7 @@ class Producer:
     def _publish(self, argv: list[Any]) -> list[Any]:
         retrying = Retrying(
             retry=retry_if_exception_type(TRANSIENT_REDIS_ERRORS),
-            stop=stop_after_delay(self.timeout_seconds),
+            stop=stop_before_delay(self._retry_window_seconds),
             wait=wait_random_exponential(multiplier=0.05, max=1.0),
             reraise=False,
         )

@@ -24,7 +24,8 @@ from tests.conftest import STORE, Sandbox, wait_until
 from worker.deadletter import DeadLetterStore
 
 #: Short enough that a killed worker's jobs come back within a test, long enough to hold
-#: (the app refuses a visibility timeout not above connect + read + max sleep = 7 s).
+#: (the app refuses a visibility timeout not above the longest task run: 3 requests at
+#: connect + read, plus the max sleep = 19 s).
 FAULT_ENV = {
     "SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS": "20",
     "SNACKVIDEO_UNACKED_RESTORE_INTERVAL_SECONDS": "2",

@@ -14,11 +14,12 @@ from celery import Celery, bootsteps
 from kombu.entity import Exchange, Queue
 
 from producers.keys import DELIVERY_QUEUE
+from worker import celery_logs  # noqa: F401 (connects its logging signal handlers)
 from worker.connections import redis_client
 from worker.keys import CONTROL_QUEUE, REDRIVE_TASK
 from worker.metrics import MetricsServerStep
 from worker.scheduler import DelayedJobs, DueJobMover
-from worker.settings import get_settings
+from worker.settings import MAX_REQUESTS_PER_RUN, get_settings
 from worker.transport import register_transport
 
 settings = get_settings()
@@ -94,8 +95,9 @@ app.conf.update(
 
 if settings.visibility_timeout_seconds <= settings.min_visibility_timeout_seconds:
     raise ValueError(
-        "invalid configuration: SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS must exceed the HTTP "
-        "connect + read timeouts plus SNACKVIDEO_MAX_SLEEP_SECONDS "
+        "invalid configuration: SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS must exceed the "
+        f"longest task run: {MAX_REQUESTS_PER_RUN} requests at the HTTP connect + read "
+        "timeouts plus SNACKVIDEO_MAX_SLEEP_SECONDS "
         f"({settings.min_visibility_timeout_seconds:g}s), or a slow job runs twice"
     )
 

@@ -144,12 +144,7 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 
 
 def open_store() -> DeadLetterStore:
-    settings = get_settings()
-    return DeadLetterStore(
-        redis_client(),
-        max_entries=settings.dlq_max_entries,
-        max_age_seconds=settings.dlq_max_age_seconds,
-    )
+    return DeadLetterStore.from_settings(redis_client(), get_settings())
 
 
 # -- reading ------------------------------------------------------------------------------

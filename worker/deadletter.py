@@ -4,7 +4,10 @@ Layout (see ``worker.keys``): a sorted set of entry ids scored by ``dead_lettere
 (the index by time), a hash of entry JSON, and live counts by reason and by store that
 the Lua scripts keep in step with the entries. Entry ids are ``{job_id}-r{replay_count}``:
 a redelivered message finds the entry it already wrote instead of writing a twin, and a
-replayed job that fails again gets a new entry with the next replay count.
+replayed job that fails again gets a new entry with the next replay count. A message the
+worker cannot read is parked as ``{job_id}-r{replay_count}-invalid`` (deterministic too,
+so its redelivered copy finds it): garbage that carries a real job's id must not look like
+that job's own entry, which tells the dispatcher the job is parked (``worker.marks``).
 
 Retention is bounded by entry count and age. It is applied, oldest first, each time an
 entry is added (and by ``trim``, which redrive calls every run), and never silently: the
@@ -22,7 +25,10 @@ Why a job is never in neither place nor in both:
 * Replay and purge. ``dlq_take.lua`` deletes the entry and pushes the job's message onto
   the delivery queue in one script, which Redis runs atomically: no reader ever sees the
   job in both places or in neither, and of two concurrent replays of one entry only the
-  first finds it, so the job is pushed once.
+  first finds it, so the job is pushed once. The same script leaves a tombstone
+  (``snackvideo:dlq:taken:{entry id}``, TTL ``taken_ttl_seconds``): the leftover message
+  above, if it comes back only after the replay, finds the tombstone instead of the entry
+  and is still not acted upon.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
@@ -44,16 +50,27 @@ from worker.keys import (
     DLQ_REASONS,
     DLQ_STORES,
     DLQ_TRIMMED,
+    dlq_taken_key,
 )
 from worker.lua import lua_source
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
 
 SCAN_CHUNK = 500
 DEFAULT_MAX_ENTRIES = 100_000
 DEFAULT_MAX_AGE_SECONDS = 30 * 86_400.0
+#: Tombstone lifetime with the default settings (``Settings.dlq_taken_ttl_seconds``).
+DEFAULT_TAKEN_TTL_SECONDS = 600.0
 
 
 def entry_id(job_id: str, replay_count: int) -> str:
     return f"{job_id}-r{replay_count}"
+
+
+def invalid_entry_id(job_id: str, replay_count: int) -> str:
+    """The id of an ``invalid_job`` entry: never one a done-check reads (module docstring)."""
+    return f"{entry_id(job_id, replay_count)}-invalid"
 
 
 @dataclass
@@ -124,12 +141,23 @@ class DeadLetterStore:
         *,
         max_entries: int = DEFAULT_MAX_ENTRIES,
         max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
+        taken_ttl_seconds: float = DEFAULT_TAKEN_TTL_SECONDS,
     ) -> None:
         self.client = client
         self.max_entries = max_entries
         self.max_age_seconds = max_age_seconds
+        self.taken_ttl_seconds = taken_ttl_seconds
         self._add = client.register_script(lua_source("dlq_add"))
         self._take = client.register_script(lua_source("dlq_take"))
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings) -> DeadLetterStore:
+        return cls(
+            client,
+            max_entries=settings.dlq_max_entries,
+            max_age_seconds=settings.dlq_max_age_seconds,
+            taken_ttl_seconds=settings.dlq_taken_ttl_seconds,
+        )
 
     # -- writing -----------------------------------------------------------------------
 
@@ -190,9 +218,10 @@ class DeadLetterStore:
         # Chunked so one call never holds Redis for long.
         for start in range(0, len(args), 2 * SCAN_CHUNK):
             chunk = args[start : start + 2 * SCAN_CHUNK]
+            tombstones = [dlq_taken_key(chunk[i]) for i in range(0, len(chunk), 2)]
             result = self._take(
-                keys=[DLQ_INDEX, DLQ_ENTRIES, DLQ_REASONS, DELIVERY_QUEUE, DLQ_STORES],
-                args=chunk,
+                keys=[DLQ_INDEX, DLQ_ENTRIES, DLQ_REASONS, DELIVERY_QUEUE, DLQ_STORES, *tombstones],
+                args=[int(self.taken_ttl_seconds * 1000), *chunk],
             )
             taken += [_text(item) for item in result]
         return taken

@@ -7,6 +7,8 @@ HTTP session, the clock, the random source) is injected, so tests can drive it d
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 import time
@@ -20,18 +22,16 @@ from producers.errors import InvalidEvent
 from producers.models import JobMessage, validate_job
 from worker import metrics
 from worker.backoff import backoff
-from worker.deadletter import DeadLetter, DeadLetterStore, entry_id
+from worker.deadletter import DeadLetter, DeadLetterStore, invalid_entry_id
 from worker.errors import DeadLettered, DeliveryError, PermanentError, RateLimited, RetryableError
-from worker.keys import DLQ_ENTRIES, delivered_key
+from worker.marks import JobMarks
 from worker.scalev import ScalevClient
 from worker.scheduler import DelayedJobs
-from worker.settings import Settings
-from worker.throttle import Throttle
+from worker.settings import MAX_REQUESTS_PER_RUN, Settings
+from worker.throttle import Slot, Throttle
 
 log = logging.getLogger("snackvideo.delivery")
 
-#: 429s answered within one task run before the job is parked instead of retried in place.
-MAX_RATE_LIMITED_IN_RUN = 3
 #: When a 429 carries no usable reset, wait this long.
 FALLBACK_RATE_LIMIT_WAIT_SECONDS = 1.0
 
@@ -68,11 +68,7 @@ class Dispatcher:
         self.redis = client
         self.scalev = scalev
         self.throttle = throttle or Throttle.from_settings(client, settings)
-        self.dead_letters = dead_letters or DeadLetterStore(
-            client,
-            max_entries=settings.dlq_max_entries,
-            max_age_seconds=settings.dlq_max_age_seconds,
-        )
+        self.dead_letters = dead_letters or DeadLetterStore.from_settings(client, settings)
         self.delayed = delayed or DelayedJobs(client)
         self.clock = clock
         self.sleep = sleep
@@ -80,49 +76,65 @@ class Dispatcher:
 
     # -- entry point ---------------------------------------------------------------
 
-    def deliver(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Outcome:
-        """Deliver one job or decide its fate. Raises ``DeadLettered`` once it is parked."""
+    def deliver(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        task_id: str | None = None,
+        redelivered: bool = False,
+    ) -> Outcome:
+        """Deliver one job or decide its fate. Raises ``DeadLettered`` once it is parked.
+
+        ``task_id``: the Celery task id, the name of an unreadable job that carries none.
+        ``redelivered``: kombu restored this message (a lost ack, a dead worker): if it is
+        sent, it may be the second time, and it is counted as such.
+        """
         try:
             if args:
                 raise InvalidEvent([("args", "the job takes keyword arguments only")])
             job = validate_job(kwargs)
         except InvalidEvent as exc:
-            return self._dead_letter_unreadable(kwargs, str(exc))
-        if self._already_done(job):
-            self._report("duplicate", job, None)
-            return Outcome("duplicate", job.job_id)
+            return self._dead_letter_unreadable(kwargs, str(exc), task_id=task_id)
+        marks = JobMarks(job.job_id, job.replay_count, self.settings.delivered_marker_ttl_seconds)
+        scope = self._throttle_scope(job)
+        # Decided without Redis; the done-check for these rare paths is a round trip of
+        # its own. The common path does it inside the throttle's acquire (_send).
         if self.clock() - job.enqueued_at > self.settings.max_age_seconds:
-            return self._dead_letter(job, "expired", None, "job older than max age")
+            return self._dead_letter_unless_done(
+                job, marks, scope, "expired", "job older than max age"
+            )
         api_key = self.settings.api_key_for(job.store_id)
         if api_key is None:
-            return self._dead_letter(job, "no_api_key", None, "no API key configured for store")
-        return self._send(job, api_key)
+            return self._dead_letter_unless_done(
+                job, marks, scope, "no_api_key", "no API key configured for store"
+            )
+        return self._send(job, api_key, marks, scope, redelivered=redelivered)
 
     # -- steps ---------------------------------------------------------------------
-
-    def _already_done(self, job: JobMessage) -> bool:
-        # Delivered, or parked by an earlier run of this very message (a crash between
-        # the dead-letter write and the ack redelivers it): either way, do not send again.
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.exists(delivered_key(job.job_id))
-            pipe.hexists(DLQ_ENTRIES, entry_id(job.job_id, job.replay_count))
-            delivered, parked = pipe.execute()
-        return bool(delivered) or bool(parked)
 
     def _throttle_scope(self, job: JobMessage) -> str:
         if self.settings.throttle_scope == "store":
             return f"store:{job.store_id}"
         return self.settings.scalev_api_base_url
 
-    def _send(self, job: JobMessage, api_key: str) -> Outcome:
-        scope = self._throttle_scope(job)
-        waited = 0.0  # slept for throttle slots in this run: the delivered line's wait=
-        for _ in range(MAX_RATE_LIMITED_IN_RUN):
-            asked_at = self.clock()
-            wait = self._wait_for_slot(scope)
-            waited += self.clock() - asked_at
-            if wait > 0:
-                return self._postpone(job, wait, "throttled", None, None)
+    def _duplicate(self, job: JobMessage) -> Outcome:
+        # Delivered, parked by an earlier run of this very message (a crash between the
+        # dead-letter write and the ack redelivers it), or that entry replayed since:
+        # either way, do not send again (worker.marks).
+        self._report("duplicate", job, None)
+        return Outcome("duplicate", job.job_id)
+
+    def _send(
+        self, job: JobMessage, api_key: str, marks: JobMarks, scope: str, *, redelivered: bool
+    ) -> Outcome:
+        waited = 0.0  # spent waiting for throttle slots in this run: the delivered line's wait=
+        for _ in range(MAX_REQUESTS_PER_RUN):
+            slot, waited = self._wait_for_slot(scope, marks, waited)
+            if slot.done:
+                return self._duplicate(job)
+            if slot.wait > 0:
+                return self._postpone(job, slot.wait, "throttled", None, None)
             attempt = job.attempts + 1
             started = self.clock()
             try:
@@ -134,8 +146,8 @@ class Dispatcher:
             except DeliveryError as exc:
                 self.throttle.record(scope, exc.status_code, exc.headers)
                 return self._failed(job, exc)
-            self.throttle.record(scope, result.status_code, result.headers)
-            self._mark_delivered(job)
+            # Releases the slot and sets the delivered-marker, in one round trip.
+            self.throttle.record(scope, result.status_code, result.headers, delivered=marks)
             self._report(
                 "delivered",
                 job,
@@ -143,21 +155,33 @@ class Dispatcher:
                 attempt=attempt,
                 wait=waited,
                 seconds=self.clock() - started,
+                redelivered=redelivered,
             )
             return Outcome("delivered", job.job_id, result.status_code)
         # Still limited after several 429s in a row: park it rather than hold the worker.
         return self._postpone(job, FALLBACK_RATE_LIMIT_WAIT_SECONDS, "throttled", 429, None)
 
-    def _wait_for_slot(self, scope: str) -> float:
-        """Sleep through short waits; return a long wait (> max sleep) for the caller to park."""
+    def _wait_for_slot(self, scope: str, marks: JobMarks, waited: float) -> tuple[Slot, float]:
+        """Sleep through short waits; a wait that would take this run's waiting past the
+        max sleep comes back (``wait`` > 0) for the caller to park the job.
+
+        ``waited`` is what the run has spent waiting so far, asking included; returns the
+        slot and the new total. The cap is per run, not per wait: a process that keeps
+        losing slots to others must not hold its message past the visibility timeout
+        (``Settings.min_visibility_timeout_seconds``).
+        """
         while True:
-            wait = self.throttle.acquire(scope)
-            if wait <= 0:
-                return 0.0
-            if wait > self.settings.max_sleep_seconds:
-                return wait
-            metrics.observe_throttle_wait(wait)
-            self.sleep(wait)
+            asked_at = self.clock()
+            slot = self.throttle.acquire_job(scope, marks)
+            waited += self.clock() - asked_at
+            if slot.done or slot.wait <= 0:
+                return slot, waited
+            if waited + slot.wait > self.settings.max_sleep_seconds:
+                return slot, waited
+            metrics.observe_throttle_wait(slot.wait)
+            slept_from = self.clock()
+            self.sleep(slot.wait)
+            waited += self.clock() - slept_from
 
     def _failed(self, job: JobMessage, exc: DeliveryError) -> Outcome:
         if isinstance(exc, PermanentError):
@@ -192,12 +216,16 @@ class Dispatcher:
         self._report(kind, job, status_code, attempt=attempts or job.attempts, wait=wait)
         return Outcome(kind, job.job_id, status_code, due_at, cause)
 
-    def _mark_delivered(self, job: JobMessage) -> None:
-        # Kept as long as a redelivered copy could still be considered, then a day more.
-        ttl = int(self.settings.max_age_seconds + 86_400)
-        self.redis.set(delivered_key(job.job_id), "1", ex=ttl)
-
     # -- dead letters ----------------------------------------------------------------
+
+    def _dead_letter_unless_done(
+        self, job: JobMessage, marks: JobMarks, scope: str, reason: str, error: str
+    ) -> Outcome:
+        # A redelivered copy of a job that was delivered or parked (and may have expired
+        # meanwhile) must not be parked a second time.
+        if self.throttle.job_done(scope, marks):
+            return self._duplicate(job)
+        return self._dead_letter(job, reason, None, error)
 
     def _dead_letter(
         self,
@@ -232,12 +260,14 @@ class Dispatcher:
         except DeadLettered:
             pass  # no task runs for this message, so there is no FAILURE state to end in
 
-    def _dead_letter_unreadable(self, kwargs: Any, error: str) -> Outcome:
+    def _dead_letter_unreadable(
+        self, kwargs: Any, error: str, *, task_id: str | None = None
+    ) -> Outcome:
         raw = kwargs if isinstance(kwargs, dict) else {"raw": kwargs}
-        job_id = raw.get("job_id")
-        job_id = job_id if isinstance(job_id, str) and job_id else f"invalid-{time.time_ns()}"
+        job_id = _unreadable_job_id(raw, task_id)
         store_id = raw.get("store_id")
         replay_count = raw.get("replay_count")
+        replay_count = replay_count if isinstance(replay_count, int) else 0
         entry = DeadLetter(
             job_id=job_id,
             store_id=store_id if isinstance(store_id, str) else "",
@@ -246,24 +276,29 @@ class Dispatcher:
             error=error[: self.settings.dlq_error_max_chars],
             enqueued_at=_number_or_none(raw.get("enqueued_at")),
             dead_lettered_at=self.clock(),
-            replay_count=replay_count if isinstance(replay_count, int) else 0,
+            replay_count=replay_count,
+            id=invalid_entry_id(job_id, replay_count),
         )
-        self._store(entry)
-        metrics.record_outcome("dead_lettered", None, reason="invalid_job")
+        # Not new: a redelivered copy of a message parked already (its ack was lost).
+        outcome = "dead_lettered" if self._store(entry) else "duplicate"
+        metrics.record_outcome(outcome, None, reason="invalid_job")
         log.warning(
-            "outcome=dead_lettered reason=invalid_job job_id=%s store_id=%s error=%s",
+            "outcome=%s reason=invalid_job job_id=%s store_id=%s error=%s",
+            outcome,
             entry.job_id,
             entry.store_id or "-",
             error,
         )
         raise DeadLettered("invalid_job", None, entry.click_id, entry.job_id)
 
-    def _store(self, entry: DeadLetter) -> None:
-        _, trimmed = self.dead_letters.add(entry, now=self.clock())
+    def _store(self, entry: DeadLetter) -> bool:
+        """Add ``entry``; False when an entry of that id was there already."""
+        added, trimmed = self.dead_letters.add(entry, now=self.clock())
         for item in trimmed:
             log.warning(
                 "dead-letter retention trimmed entry=%s reason=%s", item.entry_id, item.reason
             )
+        return added
 
     # -- reporting -------------------------------------------------------------------
 
@@ -277,12 +312,13 @@ class Dispatcher:
         wait: float = 0.0,
         seconds: float | None = None,
         reason: str | None = None,
+        redelivered: bool = False,
     ) -> None:
-        self._count(outcome, job, status_code, wait=wait, reason=reason)
+        self._count(outcome, job, status_code, wait=wait, reason=reason, redelivered=redelivered)
         level = logging.WARNING if outcome == "dead_lettered" else logging.INFO
         log.log(
             level,
-            "outcome=%s job_id=%s store_id=%s click_id=%s status=%s attempt=%s wait=%.3f%s%s",
+            "outcome=%s job_id=%s store_id=%s click_id=%s status=%s attempt=%s wait=%.3f%s%s%s",
             outcome,
             job.job_id,
             job.store_id,
@@ -292,6 +328,7 @@ class Dispatcher:
             wait,
             f" reason={reason}" if reason else "",
             f" seconds={seconds:.3f}" if seconds is not None else "",
+            " redelivered=1" if redelivered else "",
         )
 
     def _count(
@@ -302,6 +339,7 @@ class Dispatcher:
         *,
         wait: float,
         reason: str | None,
+        redelivered: bool,
     ) -> None:
         # A 429 answered inside a run is not how the run ends (it tries again, or parks the
         # job as "throttled"), so it has a counter of its own: each run counts once.
@@ -310,8 +348,23 @@ class Dispatcher:
             return
         age = self.clock() - job.enqueued_at if outcome == "delivered" else None
         metrics.record_outcome(outcome, status_code, reason=reason, age_seconds=age)
+        if outcome == "delivered" and redelivered:
+            # The only deliveries that can be duplicates (docs/durability.md).
+            metrics.record_redelivered_delivery()
         if outcome == "throttled":
             metrics.observe_throttle_wait(wait)
+
+
+def _unreadable_job_id(raw: dict[str, Any], task_id: str | None) -> str:
+    """The job's own id, else the Celery task id (Flower's row), else one made from the
+    content: the same message parked twice (a lost ack) must land on the same entry."""
+    job_id = raw.get("job_id")
+    if isinstance(job_id, str) and job_id:
+        return job_id
+    if task_id:
+        return task_id
+    text = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=repr)
+    return f"invalid-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
 def _number_or_none(value: Any) -> float | None:

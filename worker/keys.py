@@ -6,7 +6,9 @@
     unacked_mutex                    string kombu's lock for the restore sweep (expires in 30 s)
     snackvideo:idem:{store}:{key}    string job id holding an idempotency key (TTL 48 h)
     snackvideo:delivered:{job_id}    string set after a 2xx, so a redelivered message is not sent
-                                            again (TTL: max job age + 1 day)
+                                            again (TTL: max job age + 1 day; set by
+                                            throttle_record.lua in the call that releases
+                                            the slot)
     snackvideo:scheduled             zset   job_id -> due time (epoch s): retries and long waits
     snackvideo:scheduled:messages    hash   job_id -> the Celery message to push when due
     snackvideo:dlq:index             zset   entry id -> dead_lettered_at
@@ -14,6 +16,10 @@
     snackvideo:dlq:reasons           hash   reason -> live entry count
     snackvideo:dlq:stores            hash   store_id -> live entry count
     snackvideo:dlq:trimmed           hash   reason -> entries trimmed by retention (counter)
+    snackvideo:dlq:taken:{entry_id}  string tombstone of a replayed or purged entry ("replayed" /
+                                            "purged"; dlq_take.lua; TTL: max(600 s, 2 x visibility
+                                            timeout + restore interval)): a stale copy of that
+                                            run's message, restored after the take, is done
     snackvideo:redrive:lock          string held by the one redrive run in progress
     snackvideo:throttle:{scope}      hash   the shared rate-limit budget of one scope (times are
                                             Redis TIME seconds; written only by
@@ -32,6 +38,11 @@
     snackvideo:throttles             set    scopes with a throttle state (for `snackvideo status`)
     snackvideo:metrics:enqueued      string jobs pushed by enqueue (INCRBY in the enqueue Lua;
                                             exported by worker.metrics)
+
+A message of job J at replay n is *done* (skipped as ``outcome=duplicate``) when
+``delivered:J``, the entry ``J-rn`` or the tombstone ``dlq:taken:J-rn`` exists; the check
+runs inside throttle_acquire.lua (``worker.marks``). Unreadable messages are parked under
+``{job_id}-rn-invalid``, an id no done-check ever reads.
 
 API keys are never written under any of these.
 """
@@ -55,6 +66,7 @@ __all__ = [
     "SCHEDULED_MESSAGES",
     "THROTTLE_SCOPES",
     "delivered_key",
+    "dlq_taken_key",
     "idempotency_key",
     "throttle_in_flight_key",
     "throttle_key",
@@ -78,6 +90,10 @@ REDRIVE_TASK = "snackvideo.redrive"
 
 def delivered_key(job_id: str) -> str:
     return f"{KEY_PREFIX}delivered:{job_id}"
+
+
+def dlq_taken_key(entry_id: str) -> str:
+    return f"{KEY_PREFIX}dlq:taken:{entry_id}"
 
 
 def throttle_key(scope: str) -> str:

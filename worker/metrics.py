@@ -86,6 +86,12 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.redelivered_deliveries = Counter(
+            "snackvideo_redelivered_deliveries",
+            "Deliveries (2xx) of a message kombu had restored (lost ack, dead worker): the "
+            "only ones that can be a job's second delivery.",
+            registry=registry,
+        )
         self.rate_limited = Counter(
             "snackvideo_rate_limited_responses",
             "429 answers from Scalev (each one, including those retried within a run).",
@@ -159,6 +165,10 @@ def record_outcome(
             m.event_age_seconds.observe(max(0.0, age_seconds))
 
     _safely(record)
+
+
+def record_redelivered_delivery() -> None:
+    _safely(lambda m: m.redelivered_deliveries.inc())
 
 
 def record_rate_limited() -> None:

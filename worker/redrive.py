@@ -106,13 +106,8 @@ class Redriver:
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis) -> Redriver:
-        store = DeadLetterStore(
-            client,
-            max_entries=settings.dlq_max_entries,
-            max_age_seconds=settings.dlq_max_age_seconds,
-        )
         return cls(
-            store,
+            DeadLetterStore.from_settings(client, settings),
             reasons=settings.redrive_reasons,
             max_replays=settings.redrive_max_replays,
             batch_size=settings.redrive_batch_size,

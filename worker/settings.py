@@ -16,6 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_SCALEV_API_BASE_URL = "https://api.scalev.com"
 
+#: Requests one task run may send: the first, and one more after each 429 answered in the
+#: run, up to this many in all (then the job is parked). Part of the visibility bound.
+MAX_REQUESTS_PER_RUN = 3
+#: A tombstone of a taken dead-letter entry lives at least this long (dlq_taken_ttl_seconds).
+MIN_DLQ_TAKEN_TTL_SECONDS = 600.0
+
 # environment variable -> field name
 _ENV = {
     "REDIS_URL": "redis_url",
@@ -43,6 +49,7 @@ _ENV = {
     "SNACKVIDEO_REDRIVE_REASONS": "redrive_reasons",
     "SNACKVIDEO_THROTTLE_SCOPE": "throttle_scope",
     "SNACKVIDEO_THROTTLE": "throttle_enabled",
+    "SNACKVIDEO_CELERY_TASK_LOG": "celery_task_log",
 }
 
 
@@ -62,8 +69,9 @@ class Settings(BaseModel):
     redrive_interval_seconds: float = Field(900.0, gt=0)
     metrics_port: int = Field(9808, ge=0, le=65535)
 
-    # One POST never takes longer than connect + read; the visibility timeout must exceed
-    # that plus the longest in-worker sleep, or Redis hands the job to a second worker.
+    # One POST never takes longer than connect + read, and a run sleeps for throttle slots
+    # at most max_sleep in all; the visibility timeout must exceed the longest run
+    # (min_visibility_timeout_seconds), or Redis hands the job to a second worker.
     http_connect_timeout_seconds: float = Field(3.05, gt=0)
     http_read_timeout_seconds: float = Field(10.0, gt=0)
     max_sleep_seconds: float = Field(5.0, ge=0)
@@ -89,6 +97,9 @@ class Settings(BaseModel):
     # "off" turns the shared throttle into a naive client that only waits out each 429's
     # Retry-After (the benchmark's baseline); never meant for production.
     throttle_enabled: bool = True
+    # Celery's own "Task ... received" / "Task ... succeeded in" INFO lines, one pair per
+    # delivery on top of our outcome= line; off drops just those two (worker.celery_logs).
+    celery_task_log: bool = False
 
     @field_validator("scalev_api_base_url")
     @classmethod
@@ -111,9 +122,25 @@ class Settings(BaseModel):
 
     @property
     def min_visibility_timeout_seconds(self) -> float:
-        return self.http_connect_timeout_seconds + self.http_read_timeout_seconds + (
-            self.max_sleep_seconds
-        )
+        """The longest one task run holds its message: every request it may send at its
+        full timeouts, plus its throttle waits (capped at max_sleep for the whole run)."""
+        per_request = self.http_connect_timeout_seconds + self.http_read_timeout_seconds
+        return MAX_REQUESTS_PER_RUN * per_request + self.max_sleep_seconds
+
+    @property
+    def delivered_marker_ttl_seconds(self) -> int:
+        # As long as a redelivered copy could still be considered, then a day more.
+        return int(self.max_age_seconds + 86_400)
+
+    @property
+    def dlq_taken_ttl_seconds(self) -> float:
+        """How long the tombstone of a replayed or purged entry lives. A stale copy of the
+        parked run's message (its worker died before the ack) was taken before the entry
+        existed, so kombu restores it at most a visibility timeout plus one restore
+        interval after any replay of it; one more visibility timeout (and 10 minutes at
+        least) covers its wait in the queue."""
+        bound = 2 * self.visibility_timeout_seconds + self.unacked_restore_interval_seconds
+        return max(MIN_DLQ_TAKEN_TTL_SECONDS, bound)
 
     def api_key_for(self, store_id: str) -> str | None:
         key = self.storefront_api_keys.get(store_id) or self.storefront_api_key

@@ -50,8 +50,13 @@ def _fresh_dispatcher_after_fork(**_: Any) -> None:
     Strategy="worker.strategy:guarded",
 )
 def deliver(self: Any, *args: Any, **kwargs: Any) -> str:
+    # kombu flags a message it restored (a lost ack, a dead worker, a requeue): if this
+    # run sends it, it may be the job's second delivery, and it is counted as such.
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     try:
-        outcome = get_dispatcher().deliver(args, kwargs)
+        outcome = get_dispatcher().deliver(
+            args, kwargs, task_id=self.request.id, redelivered=redelivered
+        )
     except redis.RedisError as exc:
         # Redis is where the job would be parked or marked: without it nothing can be
         # decided. Requeue (or, if even that fails, leave it unacked for the visibility

@@ -22,8 +22,16 @@ header parser turns epoch resets into "seconds from now"), so workers on hosts w
 skewed clocks still agree on one window. See ``docs/throttle.md`` for the design and the
 benchmark, ``worker/keys.py`` for the state hash.
 
+The two scripts also carry the job's own bookkeeping (``worker.marks``), so that one
+delivery costs two round trips of ours, not four: ``acquire_job`` first checks that the
+job is not delivered, parked or replayed already (then it answers ``done`` and takes
+nothing), and ``record(..., delivered=marks)`` sets the job's delivered-marker in the call
+that releases the slot.
+
 With ``SNACKVIDEO_THROTTLE=off`` (the benchmark's baseline) nothing is shared: each process
-sends at will and only waits out a 429's ``Retry-After`` itself.
+sends at will and only waits out a 429's ``Retry-After`` itself. The job's bookkeeping
+still costs two round trips: the acquire script runs its done-check only, and the marker
+is one ``SET``.
 """
 
 from __future__ import annotations
@@ -40,8 +48,9 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from worker.keys import THROTTLE_SCOPES, throttle_in_flight_key, throttle_key
+from worker.keys import DLQ_ENTRIES, THROTTLE_SCOPES, throttle_in_flight_key, throttle_key
 from worker.lua import lua_source
+from worker.marks import JobMarks
 from worker.ratelimit_headers import RateLimitHeaders, parse_rate_limit_headers
 
 if TYPE_CHECKING:
@@ -56,6 +65,15 @@ FALLBACK_WINDOW_SECONDS = 1.0
 STATE_TTL_SECONDS = 86_400.0
 #: Spread wake-ups of processes told the same wait, so they do not all hit Redis at once.
 WAIT_JITTER_SECONDS = 0.002
+
+
+@dataclass(frozen=True)
+class Slot:
+    """What ``acquire_job`` answers: the job is done already, or a request may go now
+    (``wait`` 0: the slot is taken), or ask again after ``wait`` seconds."""
+
+    wait: float
+    done: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,12 +154,44 @@ class Throttle:
     def acquire(self, scope: str, now: float | None = None) -> float:
         """Take a slot: 0.0 when a request may go now (it then counts as in flight),
         else the seconds to wait before asking again (nothing taken)."""
+        return self._take(scope, None, take_slot=True, now=now).wait
+
+    def acquire_job(self, scope: str, marks: JobMarks, now: float | None = None) -> Slot:
+        """``acquire`` for one job, in the same round trip as its done-check: ``done``
+        when the job needs no sending (nothing is taken then)."""
+        return self._take(scope, marks, take_slot=True, now=now)
+
+    def job_done(self, scope: str, marks: JobMarks) -> bool:
+        """The done-check alone (a job about to be dead-lettered without a request)."""
+        return self._take(scope, marks, take_slot=False, now=None).done
+
+    def _take(
+        self, scope: str, marks: JobMarks | None, *, take_slot: bool, now: float | None
+    ) -> Slot:
         if not self.enabled:
+            if marks is not None and self._run_acquire(scope, marks, "", False, now)[0]:
+                return Slot(0.0, done=True)
             wall = self.clock() if now is None else now
-            return max(0.0, self._blocked_until.get(scope, 0.0) - wall)
-        token = uuid.uuid4().hex
-        wait_raw, acquired_raw = self._acquire(
-            keys=[throttle_key(scope), throttle_in_flight_key(scope)],
+            return Slot(max(0.0, self._blocked_until.get(scope, 0.0) - wall))
+        token = uuid.uuid4().hex if take_slot else ""
+        done, wait, acquired_at = self._run_acquire(scope, marks, token, take_slot, now)
+        if done:
+            return Slot(0.0, done=True)
+        if wait > 0:
+            return Slot(wait + self.rng.uniform(0.0, WAIT_JITTER_SECONDS))
+        if take_slot:
+            self._hold(scope, token, acquired_at)
+        return Slot(0.0)
+
+    def _run_acquire(
+        self, scope: str, marks: JobMarks | None, token: str, take_slot: bool, now: float | None
+    ) -> tuple[bool, float, float]:
+        """One call of throttle_acquire.lua: (done, wait, Redis time of the answer)."""
+        keys = [throttle_key(scope), throttle_in_flight_key(scope)]
+        if marks is not None:
+            keys += [marks.delivered_key, DLQ_ENTRIES, marks.taken_key]
+        wait_raw, now_raw = self._acquire(
+            keys=keys,
             args=[
                 _arg(now),
                 token,
@@ -149,12 +199,15 @@ class Throttle:
                 1.0 / self.default_rate_per_second,
                 STATE_TTL_SECONDS,
                 FALLBACK_WINDOW_SECONDS,
+                marks.dlq_entry_id if marks is not None else "",
+                "1" if take_slot else "0",
             ],
         )
-        wait = float(wait_raw)
-        if wait > 0:
-            return wait + self.rng.uniform(0.0, WAIT_JITTER_SECONDS)
-        acquired_at = float(acquired_raw)
+        if _text(wait_raw) == "done":
+            return True, 0.0, float(now_raw)
+        return False, float(wait_raw), float(now_raw)
+
+    def _hold(self, scope: str, token: str, acquired_at: float) -> None:
         held = self._held(scope)
         # A slot whose request never got recorded (an unexpected error in between) has
         # lost its lease in Redis already; forget it here too, or the next record would
@@ -162,7 +215,6 @@ class Throttle:
         while held and held[0][1] < acquired_at - self.in_flight_lease_seconds:
             held.popleft()
         held.append((token, acquired_at))
-        return 0.0
 
     def record(
         self,
@@ -170,18 +222,26 @@ class Throttle:
         status_code: int | None,
         headers: Mapping[str, str],
         now: float | None = None,
+        *,
+        delivered: JobMarks | None = None,
     ) -> None:
         """Release the slot taken by ``acquire`` and learn from the response headers
-        (``status_code`` None: no response, e.g. a timeout)."""
+        (``status_code`` None: no response, e.g. a timeout). ``delivered``: the job got
+        its 2xx; its delivered-marker is set in the same call."""
         wall = self.clock() if now is None else now
         parsed = parse_rate_limit_headers(headers, wall)
         if not self.enabled:
             self._record_disabled(scope, status_code, parsed, wall)
+            if delivered is not None:
+                self.client.set(delivered.delivered_key, "1", ex=delivered.delivered_ttl_seconds)
             return
         held = self._held(scope)
         token, acquired_at = held.popleft() if held else ("", None)
+        keys = [throttle_key(scope), throttle_in_flight_key(scope), THROTTLE_SCOPES]
+        if delivered is not None:
+            keys.append(delivered.delivered_key)
         self._record(
-            keys=[throttle_key(scope), throttle_in_flight_key(scope), THROTTLE_SCOPES],
+            keys=keys,
             args=[
                 _arg(now),
                 token,
@@ -195,6 +255,7 @@ class Throttle:
                 FALLBACK_WINDOW_SECONDS,
                 STATE_TTL_SECONDS,
                 scope,
+                delivered.delivered_ttl_seconds if delivered is not None else "",
             ],
         )
 

@@ -1,9 +1,16 @@
--- keys=[state, in_flight] args=[now, token, lease_seconds, default_interval_seconds, ttl_seconds, fallback_window_seconds]
+-- keys=[state, in_flight, delivered?, dlq_entries?, dlq_taken?] args=[now, token, lease_seconds, default_interval_seconds, ttl_seconds, fallback_window_seconds, dlq_entry_id | "", take_slot]
 -- Takes one request slot from a scope's shared budget, or says how long to wait.
 -- Returns {wait_seconds, now} as strings (a Lua number would come back truncated to an
 -- integer). wait "0": the slot is taken and `token` counts as in flight until
 -- throttle_record releases it or its lease ends (a worker killed mid-request must not hold
 -- budget for ever). Otherwise nothing is taken.
+--
+-- The job's done-check rides along (worker/marks.py), so a delivery pays one round trip
+-- for both: with a dlq_entry_id (and the three `?` keys: the job's delivered-marker, the
+-- dead-letter entries hash, the entry's tombstone), a job that is delivered, parked or
+-- replayed answers {"done", now} before anything else, and nothing is taken. take_slot
+-- "0" stops after that check ({"0", now}: not done), for the throttle turned off and for
+-- jobs about to be dead-lettered without a request.
 --
 -- Clock: a blank `now` reads Redis TIME, the one clock all hosts share, so a skewed worker
 -- clock cannot move a window. Redis >= 5 replicates a script's effects, not the script, so
@@ -18,9 +25,20 @@ local lease = tonumber(ARGV[3])
 local default_interval = tonumber(ARGV[4])
 local ttl_ms = math.floor(tonumber(ARGV[5]) * 1000)
 local fallback_window = tonumber(ARGV[6])
+local dlq_entry_id = ARGV[7]
 
 local function fmt(x) return string.format('%.6f', x) end
 local function wait(seconds) return {fmt(math.max(seconds, 0.001)), fmt(now)} end
+
+if dlq_entry_id ~= '' then
+  if redis.call('EXISTS', KEYS[3]) == 1 or redis.call('HEXISTS', KEYS[4], dlq_entry_id) == 1
+      or redis.call('EXISTS', KEYS[5]) == 1 then
+    return {'done', fmt(now)}
+  end
+end
+if ARGV[8] == '0' then
+  return {'0', fmt(now)}
+end
 
 -- Leases that ran out belong to requests whose worker died: give their budget back.
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
