@@ -34,7 +34,7 @@ from worker.keys import (
     throttle_in_flight_key,
     throttle_key,
 )
-from worker.lua import lua_source
+from worker.lua_scripts import lua_source
 from worker.scalev import ScalevClient
 from worker.settings import Settings
 

@@ -62,8 +62,8 @@ app.conf.update(
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
     # Flower builds its view from these events.
-    worker_send_task_events=True,
-    task_send_sent_event=True,
+    worker_send_task_events=settings.task_events,
+    task_send_sent_event=settings.task_events,
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,  # a worker waits out a Redis outage, however long
     # Keep deliveries running through a broker reconnect (Celery 6 flips this default):

@@ -52,7 +52,7 @@ from worker.keys import (
     DLQ_TRIMMED,
     dlq_taken_key,
 )
-from worker.lua import lua_source
+from worker.lua_scripts import lua_source
 
 if TYPE_CHECKING:
     from worker.settings import Settings

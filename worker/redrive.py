@@ -39,7 +39,7 @@ from worker.app import app
 from worker.connections import redis_client
 from worker.deadletter import DeadLetter, DeadLetterStore, Trimmed
 from worker.keys import REDRIVE_LOCK, REDRIVE_TASK
-from worker.lua import lua_source
+from worker.lua_scripts import lua_source
 from worker.settings import Settings, get_settings
 
 log = logging.getLogger("snackvideo.redrive")

@@ -17,7 +17,7 @@ import redis
 
 from producers.message import build_message
 from worker.keys import DELIVERY_QUEUE, SCHEDULED, SCHEDULED_MESSAGES
-from worker.lua import lua_source
+from worker.lua_scripts import lua_source
 
 log = logging.getLogger(__name__)
 

@@ -50,6 +50,7 @@ _ENV = {
     "SNACKVIDEO_THROTTLE_SCOPE": "throttle_scope",
     "SNACKVIDEO_THROTTLE": "throttle_enabled",
     "SNACKVIDEO_CELERY_TASK_LOG": "celery_task_log",
+    "SNACKVIDEO_TASK_EVENTS": "task_events",
 }
 
 
@@ -100,6 +101,11 @@ class Settings(BaseModel):
     # Celery's own "Task ... received" / "Task ... succeeded in" INFO lines, one pair per
     # delivery on top of our outcome= line; off drops just those two (worker.celery_logs).
     celery_task_log: bool = False
+    # Celery task events feed Flower. They cost ~1.6 PUBLISH round trips and roughly a
+    # fifth of the worker's CPU per delivery (docs/benchmarks.md); a deployment that
+    # watches the Prometheus metrics instead may turn them off. A running Flower turns
+    # them back on by itself (its --enable_events, on by default).
+    task_events: bool = True
 
     @field_validator("scalev_api_base_url")
     @classmethod

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from worker.keys import DLQ_ENTRIES, THROTTLE_SCOPES, throttle_in_flight_key, throttle_key
-from worker.lua import lua_source
+from worker.lua_scripts import lua_source
 from worker.marks import JobMarks
 from worker.ratelimit_headers import RateLimitHeaders, parse_rate_limit_headers
 
