@@ -11,6 +11,8 @@ from typing import Any
 import redis
 
 from producers.keys import DELIVERY_QUEUE
+from tests.conftest import Worker, wait_until
+from worker.keys import SCHEDULED
 
 
 @dataclass(frozen=True)
@@ -86,3 +88,21 @@ class PubSubRecorder(threading.Thread):
             body = json.loads(base64.b64decode(json.loads(data)["body"]))
             events += body if isinstance(body, list) else [body]
         return events
+
+
+def wait_idle(client: redis.Redis, timeout: float = 60.0) -> None:
+    """Nothing queued, in flight (kombu's unacked hash) or parked for a retry."""
+
+    def idle() -> bool:
+        with client.pipeline(transaction=False) as pipe:
+            pipe.llen(DELIVERY_QUEUE)
+            pipe.hlen("unacked")
+            pipe.zcard(SCHEDULED)
+            return not any(pipe.execute())
+
+    wait_until(idle, timeout, what="queue, unacked and scheduled set to drain")
+
+
+def log_lines(worker: Worker, *needles: str) -> list[str]:
+    """The worker's log lines that contain every one of ``needles``."""
+    return [line for line in worker.log().splitlines() if all(n in line for n in needles)]

@@ -22,9 +22,9 @@ from producers.keys import DELIVERY_QUEUE
 from producers.message import build_message
 from producers.models import JOB_SCHEMA_VERSION
 from tests.conftest import STORE, STORE_KEY, Sandbox, Worker, wait_until, worker_env
-from tests.queue_helpers import PubSubRecorder, event
+from tests.queue_helpers import PubSubRecorder, event, log_lines, wait_idle
 from worker.deadletter import DeadLetter, DeadLetterStore, entry_id
-from worker.keys import SCHEDULED, delivered_key
+from worker.keys import delivered_key
 
 pytestmark = pytest.mark.integration
 
@@ -56,23 +56,6 @@ def wait_dead_letter(client: redis.Redis, job_id: str) -> DeadLetter:
         lambda: dead_letter(client, job_id), SETTLE_SECONDS, what=f"dead letter of {job_id}"
     )
     return entry
-
-
-def wait_idle(client: redis.Redis) -> None:
-    """Nothing queued, in flight (kombu's unacked hash) or parked for a retry."""
-
-    def idle() -> bool:
-        with client.pipeline(transaction=False) as pipe:
-            pipe.llen(DELIVERY_QUEUE)
-            pipe.hlen("unacked")
-            pipe.zcard(SCHEDULED)
-            return not any(pipe.execute())
-
-    wait_until(idle, SETTLE_SECONDS, what="queue, unacked and scheduled set to drain")
-
-
-def log_lines(worker: Worker, *needles: str) -> list[str]:
-    return [line for line in worker.log().splitlines() if all(n in line for n in needles)]
 
 
 def wait_log(worker: Worker, *needles: str, count: int = 1) -> list[str]:
@@ -125,7 +108,7 @@ def test_a_204_is_delivered_exactly_once(
     job_id = producer.enqueue(STORE, payload)
 
     wait_until(lambda: redis_client.exists(delivered_key(job_id)), SETTLE_SECONDS, what="marker")
-    wait_idle(redis_client)
+    wait_idle(redis_client, SETTLE_SECONDS)
 
     assert sandbox.attempts("clk-204") == 1
     (received,) = sandbox.events(click_id="clk-204")
@@ -155,11 +138,11 @@ def test_a_redelivered_message_is_not_sent_again(
     (raw,) = redis_client.lrange(DELIVERY_QUEUE, 0, -1)  # the very message, before it is taken
     worker = start_worker(worker_env(redis_url, sandbox.base_url))
     wait_until(lambda: redis_client.exists(delivered_key(job_id)), SETTLE_SECONDS, what="marker")
-    wait_idle(redis_client)
+    wait_idle(redis_client, SETTLE_SECONDS)
 
     redis_client.lpush(DELIVERY_QUEUE, raw)  # what a lost ack or a restore would do
     wait_log(worker, "outcome=duplicate", f"job_id={job_id}")
-    wait_idle(redis_client)
+    wait_idle(redis_client, SETTLE_SECONDS)
 
     assert sandbox.attempts("clk-again") == 1
     assert len(sandbox.events(click_id="clk-again")) == 1
@@ -183,7 +166,7 @@ def test_a_400_is_dead_lettered_after_one_attempt(
     job_id = producer.enqueue(STORE, event("clk-refused-1"))
 
     entry = wait_dead_letter(redis_client, job_id)
-    wait_idle(redis_client)
+    wait_idle(redis_client, SETTLE_SECONDS)
 
     assert entry.reason == "http_400"
     assert entry.status_code == 400
@@ -211,7 +194,7 @@ def test_a_404_is_dead_lettered_after_one_attempt(
     job_id = producer.enqueue("store_gone", event("clk-gone"))
 
     entry = wait_dead_letter(redis_client, job_id)
-    wait_idle(redis_client)
+    wait_idle(redis_client, SETTLE_SECONDS)
 
     assert entry.reason == "http_404"
     assert entry.status_code == 404
@@ -246,7 +229,7 @@ def test_a_store_without_a_key_is_dead_lettered_without_a_request(
     job_id = producer.enqueue("store_unconfigured", event("clk-nokey"))
 
     entry = wait_dead_letter(redis_client, job_id)
-    wait_idle(redis_client)
+    wait_idle(redis_client, SETTLE_SECONDS)
 
     assert entry.reason == "no_api_key"
     assert entry.status_code is None
@@ -271,7 +254,7 @@ def test_a_flaky_503_is_retried_then_delivered(
     job_id = producer.enqueue(STORE, event("clk-flaky"))
 
     wait_until(lambda: redis_client.exists(delivered_key(job_id)), SETTLE_SECONDS, what="marker")
-    wait_idle(redis_client)
+    wait_idle(redis_client, SETTLE_SECONDS)
 
     assert sandbox.attempts("clk-flaky") == 3
     assert len(sandbox.events(click_id="clk-flaky")) == 1
@@ -294,7 +277,7 @@ def test_an_always_503_is_dead_lettered_after_max_attempts_with_growing_waits(
     job_id = producer.enqueue(STORE, event("clk-down-1"))
 
     entry = wait_dead_letter(redis_client, job_id)
-    wait_idle(redis_client)
+    wait_idle(redis_client, SETTLE_SECONDS)
 
     assert entry.reason == "retries_exhausted"
     assert entry.status_code == 503
@@ -341,7 +324,7 @@ def test_garbage_is_dead_lettered_while_the_worker_keeps_delivering(
     wait_until(lambda: redis_client.exists(delivered_key(good_id)), SETTLE_SECONDS, what="good")
     store = DeadLetterStore(redis_client)
     wait_until(lambda: len(store) == 4, SETTLE_SECONDS, what="4 invalid_job entries")
-    wait_idle(redis_client)
+    wait_idle(redis_client, SETTLE_SECONDS)
 
     entries = list(store.iter_entries())
     assert {entry.reason for entry in entries} == {"invalid_job"}
@@ -395,7 +378,7 @@ def test_a_body_celery_cannot_unpack_is_dead_lettered_and_not_fatal(
     wait_until(lambda: redis_client.exists(delivered_key(good_id)), SETTLE_SECONDS, what="good")
     store = DeadLetterStore(redis_client)
     wait_until(lambda: len(store) == len(bodies), SETTLE_SECONDS, what="dead letters")
-    wait_idle(redis_client)
+    wait_idle(redis_client, SETTLE_SECONDS)
 
     entries = {entry.job_id: entry for entry in store.iter_entries()}
     assert set(entries) == set(bodies)
@@ -424,7 +407,7 @@ def test_a_job_older_than_max_age_is_dead_lettered_as_expired_without_a_request(
     worker = start_worker(worker_env(redis_url, sandbox.base_url, SNACKVIDEO_MAX_AGE_SECONDS="600"))
 
     entry = wait_dead_letter(redis_client, "job-stale")
-    wait_idle(redis_client)
+    wait_idle(redis_client, SETTLE_SECONDS)
 
     assert entry.reason == "expired"
     assert entry.status_code is None

@@ -22,30 +22,15 @@ from producers.keys import DELIVERY_QUEUE
 from producers.message import build_message
 from producers.models import JOB_SCHEMA_VERSION
 from tests.conftest import STORE, STORE_KEY, Sandbox, Worker, wait_until, worker_env
-from tests.queue_helpers import event
+from tests.queue_helpers import event, log_lines, wait_idle
 from worker.deadletter import DeadLetter, DeadLetterStore, entry_id
-from worker.keys import SCHEDULED, delivered_key, dlq_taken_key
+from worker.keys import delivered_key, dlq_taken_key
 
 pytestmark = pytest.mark.integration
 
 SETTLE_SECONDS = 60.0
 GONE_STORE = "store_gone"  # a key in the worker's config, unknown to the sandbox: 404
 KEYS_WITH_GONE = json.dumps({STORE: STORE_KEY, GONE_STORE: "pk_test_gone_0001"})
-
-
-def wait_idle(client: redis.Redis) -> None:
-    def idle() -> bool:
-        with client.pipeline(transaction=False) as pipe:
-            pipe.llen(DELIVERY_QUEUE)
-            pipe.hlen("unacked")
-            pipe.zcard(SCHEDULED)
-            return not any(pipe.execute())
-
-    wait_until(idle, SETTLE_SECONDS, what="queue, unacked and scheduled set to drain")
-
-
-def lines_with(worker: Worker, *needles: str) -> list[str]:
-    return [line for line in worker.log().splitlines() if all(n in line for n in needles)]
 
 
 @pytest.mark.parametrize("task_log", ["default", "on"])
@@ -66,7 +51,7 @@ def test_celerys_per_task_lines_are_dropped_unless_asked_for(
     wait_until(
         lambda: (
             all(redis_client.exists(delivered_key(j)) for j in delivered)
-            and lines_with(worker, f"[{gone}] raised expected: DeadLettered(")
+            and log_lines(worker, f"[{gone}] raised expected: DeadLettered(")
         ),
         SETTLE_SECONDS,
         what="two deliveries and one dead letter",
@@ -76,23 +61,23 @@ def test_celerys_per_task_lines_are_dropped_unless_asked_for(
     wait_until(
         lambda: redis_client.exists(delivered_key(retried)), SETTLE_SECONDS, what="the retry"
     )
-    wait_idle(redis_client)
+    wait_idle(redis_client, SETTLE_SECONDS)
     producer.close()
 
     # Ours, and Celery's retry and failure lines, are there either way.
     for job_id in [*delivered, retried]:
-        assert lines_with(worker, "outcome=delivered", f"job_id={job_id}")
-    assert lines_with(worker, f"[{retried}] retry:")
-    assert lines_with(worker, f"[{gone}] raised expected: DeadLettered(", "reason=http_404")
+        assert log_lines(worker, "outcome=delivered", f"job_id={job_id}")
+    assert log_lines(worker, f"[{retried}] retry:")
+    assert log_lines(worker, f"[{gone}] raised expected: DeadLettered(", "reason=http_404")
     every_job = [*delivered, gone, retried]
-    received = [j for j in every_job if lines_with(worker, f"[{j}] received")]
-    succeeded = [j for j in [*delivered, retried] if lines_with(worker, f"[{j}] succeeded in")]
+    received = [j for j in every_job if log_lines(worker, f"[{j}] received")]
+    succeeded = [j for j in [*delivered, retried] if log_lines(worker, f"[{j}] succeeded in")]
     if task_log == "on":
         assert received == every_job
         assert succeeded == [*delivered, retried]
         # Written by the pool children (the succeeded line) and the main process (received).
-        assert lines_with(worker, "ForkPoolWorker", "succeeded in")
-        assert lines_with(worker, "MainProcess", "received")
+        assert log_lines(worker, "ForkPoolWorker", "succeeded in")
+        assert log_lines(worker, "MainProcess", "received")
     else:
         assert received == [] and succeeded == [], worker.log()
 
@@ -128,13 +113,13 @@ def test_a_restored_message_that_is_sent_says_so(
     # A restored copy of a job already delivered is stopped before the POST.
     redis_client.lpush(DELIVERY_QUEUE, restored_message(restored))
     wait_until(
-        lambda: lines_with(worker, "outcome=duplicate", "job_id=job-restored"),
+        lambda: log_lines(worker, "outcome=duplicate", "job_id=job-restored"),
         SETTLE_SECONDS,
         what="the duplicate",
     )
 
-    (restored_line,) = lines_with(worker, "outcome=delivered", "job_id=job-restored")
-    (fresh_line,) = lines_with(worker, "outcome=delivered", f"job_id={fresh}")
+    (restored_line,) = log_lines(worker, "outcome=delivered", "job_id=job-restored")
+    (fresh_line,) = log_lines(worker, "outcome=delivered", f"job_id={fresh}")
     assert restored_line.endswith(" redelivered=1")
     assert "redelivered" not in fresh_line
     assert sandbox.attempts("rd-restored") == 1
@@ -174,8 +159,8 @@ def test_a_stale_copy_restored_after_its_entry_was_replayed_is_not_sent(
     worker = start_worker(env, concurrency=1)
     replayed_id = entry_id(parked.job_id, 1)
     wait_until(lambda: store.get(replayed_id), SETTLE_SECONDS, what="the replay's own entry")
-    wait_idle(redis_client)
+    wait_idle(redis_client, SETTLE_SECONDS)
 
-    assert lines_with(worker, "outcome=duplicate", "job_id=job-race")
+    assert log_lines(worker, "outcome=duplicate", "job_id=job-race")
     assert sandbox.stats()["requests"] == 1  # the replay's request only
     assert [entry.id for entry in store.list()] == [replayed_id]  # no J-r0 beside it
