@@ -26,7 +26,6 @@ correctness on its own.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -39,7 +38,6 @@ from worker.app import app
 from worker.connections import redis_client
 from worker.deadletter import DeadLetter, DeadLetterStore, Trimmed
 from worker.keys import REDRIVE_LOCK, REDRIVE_TASK
-from worker.lua_scripts import lua_source
 from worker.settings import Settings, get_settings
 
 log = logging.getLogger("snackvideo.redrive")
@@ -50,19 +48,22 @@ LOCK_TTL_SECONDS = 300.0
 
 
 class RedriveLock:
-    """A Redis lock with an owner token: ``SET key token NX PX``, compare-and-delete."""
+    """The run lock: redis-py's ``Lock`` (an owner token, released by compare-and-delete,
+    so a run that outlived the TTL cannot free a later run's lock), taken without
+    blocking: a second run skips instead of queueing behind the first."""
 
     def __init__(self, client: redis.Redis, ttl_seconds: float = LOCK_TTL_SECONDS) -> None:
-        self.client = client
-        self.ttl_ms = int(ttl_seconds * 1000)
-        self.token = secrets.token_hex(16)
-        self._release = client.register_script(lua_source("redrive_unlock"))
+        self._lock = client.lock(REDRIVE_LOCK, timeout=ttl_seconds, blocking=False)
 
     def acquire(self) -> bool:
-        return bool(self.client.set(REDRIVE_LOCK, self.token, nx=True, px=self.ttl_ms))
+        return bool(self._lock.acquire())
 
     def release(self) -> bool:
-        return bool(self._release(keys=[REDRIVE_LOCK], args=[self.token]))
+        try:
+            self._lock.release()
+        except redis.exceptions.LockError:  # not ours (expired, or never taken)
+            return False
+        return True
 
 
 @dataclass
