@@ -30,12 +30,6 @@ def parse_rate_limit(spec: str) -> tuple[int, float]:
     return limit, window_seconds
 
 
-def format_rate_limit(limit: int | None, window_seconds: float) -> str | None:
-    if limit is None:
-        return None
-    return f"{limit}/{window_seconds:g}"
-
-
 @dataclass(frozen=True, slots=True)
 class Decision:
     allowed: bool

@@ -45,10 +45,6 @@ class DelayedJobs:
     def depth(self) -> int:
         return int(self.client.zcard(SCHEDULED))
 
-    def next_due(self) -> float | None:
-        first = self.client.zrange(SCHEDULED, 0, 0, withscores=True)
-        return float(first[0][1]) if first else None
-
 
 class DueJobMover(threading.Thread):
     """Moves due jobs every ``poll_seconds`` until stopped; survives Redis outages."""
