@@ -6,6 +6,7 @@ import os
 
 import redis
 
+from worker.clock import RedisClock
 from worker.settings import get_settings
 
 _clients: dict[int, redis.Redis] = {}
@@ -24,3 +25,16 @@ def redis_client() -> redis.Redis:
         )
         _clients[pid] = client
     return client
+
+
+_clocks: dict[int, RedisClock] = {}
+
+
+def redis_clock() -> RedisClock:
+    """This process's view of the Redis server's clock (``worker.clock``)."""
+    pid = os.getpid()
+    clock = _clocks.get(pid)
+    if clock is None:
+        clock = RedisClock(redis_client())
+        _clocks[pid] = clock
+    return clock
