@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--always-fail", action="append", default=[], metavar="PREFIX")
     parser.add_argument("--fail-status", type=int, default=503)
     parser.add_argument("--latency-ms", type=float, default=0.0, metavar="MS")
+    parser.add_argument(
+        "--announce-limit", type=int, metavar="N",
+        help="write N in X-Ratelimit-Limit whatever the real limit (a lying server)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--announce-limit-answers", type=int, metavar="N",
+        help="only the first N answers lie (default: every one)",
+    )  # fmt: skip
     parser.add_argument("--log-requests", action="store_true", help="log each request to stderr")
     return parser
 
@@ -116,6 +124,8 @@ def parse_args(
             always_fail=args.always_fail,
             fail_status=args.fail_status,
             latency_ms=args.latency_ms,
+            announce_limit=args.announce_limit,
+            announce_limit_answers=args.announce_limit_answers,
         )
     except ValueError as exc:  # ConfigError included
         parser.error(str(exc))

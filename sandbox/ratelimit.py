@@ -108,7 +108,14 @@ def seconds_until_reset(decision: Decision) -> int:
     return max(1, math.ceil(decision.reset_at - decision.now))
 
 
-def render_headers(decision: Decision, reset_style: str) -> list[tuple[str, str]]:
+def render_headers(
+    decision: Decision, reset_style: str, announce_limit: int | None = None
+) -> list[tuple[str, str]]:
+    """The three headers; ``announce_limit`` writes that limit instead of the real one (and
+    caps Remaining to it), for a server whose headers lie."""
+    limit, remaining = decision.limit, decision.remaining
+    if announce_limit is not None:
+        limit, remaining = announce_limit, min(remaining, announce_limit)
     if reset_style == "epoch":
         reset = str(math.ceil(decision.reset_at))
     elif reset_style == "epoch-ms":
@@ -116,7 +123,7 @@ def render_headers(decision: Decision, reset_style: str) -> list[tuple[str, str]
     else:
         reset = str(seconds_until_reset(decision))
     return [
-        ("X-Ratelimit-Limit", str(decision.limit)),
-        ("X-Ratelimit-Remaining", str(decision.remaining)),
+        ("X-Ratelimit-Limit", str(limit)),
+        ("X-Ratelimit-Remaining", str(remaining)),
         ("X-Ratelimit-Reset", reset),
     ]

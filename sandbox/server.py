@@ -102,7 +102,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
         state = self.server.state
         config = state.config  # one snapshot per request; updates swap the whole object
         now, decision = state.hit()
-        headers: Headers = render_headers(decision, config.reset_style) if decision else []
+        headers: Headers = []
+        if decision is not None:
+            announced = state.announced_limit(config)
+            headers = render_headers(decision, config.reset_style, announced)
         if decision is not None and not decision.allowed:
             headers.append(("Retry-After", str(seconds_until_reset(decision))))
             return self._finish(config, 429, b"Too Many Requests", "text/plain", headers)

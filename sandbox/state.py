@@ -45,6 +45,12 @@ class SandboxConfig:
     always_fail: list[str] = field(default_factory=list)  # click_id prefixes that always fail
     fail_status: int = 503
     latency_ms: float = 0.0
+    # A lying rate limiter: the X-Ratelimit-Limit written on rate-limited answers whatever
+    # the real limit (Remaining is capped to it, as a server believing it would write);
+    # None tells the truth. The real limit still decides what is refused.
+    announce_limit: int | None = None
+    # Only the first N answers after announce_limit was set lie; None: every one.
+    announce_limit_answers: int | None = None
 
     def __post_init__(self) -> None:
         problems = _config_problems(self)
@@ -99,10 +105,15 @@ def _config_problems(config: SandboxConfig) -> dict[str, str]:
     latency = config.latency_ms
     if not _is_number(latency) or not math.isfinite(latency) or latency < 0:
         problems["latency_ms"] = "must be a number >= 0"
+    for name in ("announce_limit", "announce_limit_answers"):
+        value = getattr(config, name)
+        if value is not None and (type(value) is not int or value < 0):
+            problems[name] = "must be an integer >= 0 or null"
     return problems
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(SandboxConfig))
+_ANNOUNCE_FIELDS = frozenset({"announce_limit", "announce_limit_answers"})
 
 
 def patch_config(current: SandboxConfig, patch: object) -> SandboxConfig:
@@ -159,6 +170,7 @@ class SandboxState:
         self._requests = 0
         self._by_status: Counter[int] = Counter()
         self._attempts: dict[str, int] = {}
+        self._announced = 0  # answers that carried announce_limit since it was set
 
     @property
     def config(self) -> SandboxConfig:
@@ -170,6 +182,17 @@ class SandboxState:
         with self._lock:
             self._requests += 1
             return now, self._limiter.hit(now)
+
+    def announced_limit(self, config: SandboxConfig) -> int | None:
+        """The limit this answer announces instead of the truth, else None (counts it)."""
+        if config.announce_limit is None:
+            return None
+        with self._lock:
+            budget = config.announce_limit_answers
+            if budget is not None and self._announced >= budget:
+                return None
+            self._announced += 1
+            return config.announce_limit
 
     def next_attempt(self, click_id: str) -> int:
         """Count one valid attempt for ``click_id``; return its 1-based number."""
@@ -209,6 +232,7 @@ class SandboxState:
                 "max_in_window": self._limiter.peak,
                 "window_seconds": self._limiter.window_seconds,
                 "windows": self._limiter.windows(),
+                "announced_limit_answers": self._announced,
             }
 
     def reset(self) -> None:
@@ -217,11 +241,14 @@ class SandboxState:
             self._requests = 0
             self._by_status.clear()
             self._attempts.clear()
+            self._announced = 0
             self._limiter.reset()
 
     def update_config(self, patch: object) -> SandboxConfig:
         with self._lock:
             config = patch_config(self._config, patch)
             self._config = config
+            if isinstance(patch, dict) and patch.keys() & _ANNOUNCE_FIELDS:
+                self._announced = 0  # "the first N answers" count from now
             self._limiter.configure(config.rate_limit, config.rate_window_seconds)
             return config

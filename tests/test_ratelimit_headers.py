@@ -8,6 +8,7 @@ from email.utils import format_datetime
 import pytest
 
 from worker.ratelimit_headers import (
+    MAX_COUNT,
     MAX_RESET_SECONDS,
     MILLISECOND,
     WHOLE_SECOND,
@@ -156,3 +157,59 @@ def test_sandbox_headers_for_every_reset_style() -> None:
         assert parsed.limit == 25 and parsed.remaining == 24
         assert parsed.reset_in_seconds is not None
         assert expected - 1e-6 <= parsed.reset_in_seconds <= expected + tolerance + 1e-6, style
+
+
+# -- the bounds of every header-derived number ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "count"),
+    [
+        ("0", 0),  # believed: the throttle still probes once per window
+        ("1", 1),
+        ("25.9", 25),
+        (str(MAX_COUNT), MAX_COUNT),
+        (str(MAX_COUNT + 1), MAX_COUNT),  # more than any quota: "no limit", read as the bound
+        ("1e30", MAX_COUNT),
+        ("-1", None),
+        ("1e400", None),  # not finite
+        ("nan", None),
+    ],
+)
+def test_limit_and_remaining_are_bounded(value: str, count: int | None) -> None:
+    parsed = parse_rate_limit_headers(
+        {"x-ratelimit-limit": value, "x-ratelimit-remaining": value}, NOW
+    )
+    assert (parsed.limit, parsed.remaining) == (count, count)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("0", 0.0),
+        (str(int(MAX_RESET_SECONDS)), MAX_RESET_SECONDS),  # a daily quota: believed
+        (str(int(MAX_RESET_SECONDS) + 1), None),
+        (str(int(NOW + MAX_RESET_SECONDS - 1)), MAX_RESET_SECONDS - 1.25),  # epoch, a day ahead
+        (str(int(NOW + MAX_RESET_SECONDS + 2)), None),
+        (str(int((NOW + MAX_RESET_SECONDS + 2) * 1000)), None),  # epoch ms
+        ("-1", None),
+    ],
+)
+def test_reset_is_bounded_by_a_day(value: str, seconds: float | None) -> None:
+    parsed = parse_rate_limit_headers({"x-ratelimit-reset": value}, NOW).reset_in_seconds
+    assert parsed == (pytest.approx(seconds) if seconds is not None else None)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("0", 0.0),
+        (str(int(MAX_RESET_SECONDS)), MAX_RESET_SECONDS),
+        (str(int(MAX_RESET_SECONDS) + 1), None),
+        (http_date(NOW + MAX_RESET_SECONDS + 60), None),
+        (http_date(NOW + 3600), 3599.75),
+    ],
+)
+def test_retry_after_is_bounded_by_a_day(value: str, seconds: float | None) -> None:
+    parsed = parse_rate_limit_headers({"retry-after": value}, NOW).retry_after_seconds
+    assert parsed == (pytest.approx(seconds, abs=1) if seconds is not None else None)

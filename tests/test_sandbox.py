@@ -408,6 +408,29 @@ def test_config_update_changes_faults_and_rate_limit(
     assert sandbox.post(VALID).status_code == 204
 
 
+def test_announce_limit_lies_in_the_headers_for_the_first_n_answers(
+    start_sandbox: Callable[..., Sandbox],
+) -> None:
+    sandbox = start_sandbox(rate_limit=5, rate_window_seconds=60)
+    updated = sandbox.admin("/_sandbox/config", {"announce_limit": 0, "announce_limit_answers": 2})
+    assert updated.status_code == 200
+
+    answers = [sandbox.post(VALID) for _ in range(3)]
+
+    # The real limit (5) still decides: all three accepted. Only the headers lie.
+    assert [r.status_code for r in answers] == [204, 204, 204]
+    seen = [(r.headers["X-Ratelimit-Limit"], r.headers["X-Ratelimit-Remaining"]) for r in answers]
+    assert seen == [("0", "0"), ("0", "0"), ("5", "2")]
+    assert sandbox.get("/_sandbox/stats")["announced_limit_answers"] == 2
+    # Setting it again counts the first N answers from then; without a count, all lie.
+    sandbox.admin("/_sandbox/config", {"announce_limit": 3, "announce_limit_answers": None})
+    lied = [sandbox.post(VALID) for _ in range(2)]
+    assert [r.headers["X-Ratelimit-Limit"] for r in lied] == ["3", "3"]
+    # A config update opens a fresh window: 4 and 3 really left, capped to the 3 announced.
+    assert [r.headers["X-Ratelimit-Remaining"] for r in lied] == ["3", "3"]
+    assert sandbox.admin("/_sandbox/config", {"announce_limit": -1}).status_code == 400
+
+
 def test_bad_config_update_is_400_and_changes_nothing(sandbox: Sandbox) -> None:
     response = sandbox.admin(
         "/_sandbox/config", {"fail_status": "oops", "reset_style": "weekly", "colour": 1}
@@ -460,7 +483,8 @@ def test_cli_parses_rate_limit_and_faults() -> None:
     options = parse_args(
         ["--port", "0", "--rate-limit", "25/1", "--reset-style", "epoch-ms",
          "--fail-first", "2", "--always-fail", "bad-", "--always-fail", "worse-",
-         "--fail-status", "500", "--latency-ms", "7.5"],
+         "--fail-status", "500", "--latency-ms", "7.5", "--announce-limit", "0",
+         "--announce-limit-answers", "3"],
         env={},
     )  # fmt: skip
 
@@ -472,6 +496,7 @@ def test_cli_parses_rate_limit_and_faults() -> None:
     assert (config.fail_first, config.fail_status) == (2, 500)
     assert config.always_fail == ["bad-", "worse-"]
     assert config.latency_ms == 7.5
+    assert (config.announce_limit, config.announce_limit_answers) == (0, 3)
     assert config.stores == {"demo_store": KEY}
 
 
@@ -482,6 +507,7 @@ def test_cli_defaults() -> None:
     assert options.config.rate_limit is None
     assert options.config.reset_style == "seconds"
     assert options.config.fail_status == 503
+    assert options.config.announce_limit is None
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from worker.keys import CONTROL_QUEUE, REDRIVE_TASK
 from worker.metrics import MetricsServerStep
 from worker.scheduler import DelayedJobs, DueJobMover
 from worker.settings import MAX_REQUESTS_PER_RUN, get_settings
+from worker.skew import ClockSkewStep
 from worker.transport import register_transport
 
 settings = get_settings()
@@ -119,6 +120,8 @@ class DueJobsStep(bootsteps.StartStopStep):
 
 
 app.steps["worker"].add(DueJobsStep)
+# The host's clock against Redis TIME: snackvideo_clock_skew_seconds, a WARNING past 1 s.
+app.steps["worker"].add(ClockSkewStep)
 # /metrics from the main process; importing worker.metrics also connects its worker_init
 # (multiprocess files, before the pool forks) and worker_process_shutdown handlers.
 app.steps["worker"].add(MetricsServerStep)

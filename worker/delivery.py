@@ -208,11 +208,10 @@ class Dispatcher:
         *,
         attempts: int | None = None,
     ) -> Outcome:
-        due_at = self.clock() + wait
         kwargs = job.model_dump(by_alias=True)
         if attempts is not None:
             kwargs["attempts"] = attempts
-        self.delayed.schedule(kwargs, due_at)
+        due_at = self.delayed.schedule(kwargs, delay_seconds=wait)  # on the Redis clock
         self._report(kind, job, status_code, attempt=attempts or job.attempts, wait=wait)
         return Outcome(kind, job.job_id, status_code, due_at, cause)
 

@@ -25,6 +25,8 @@ Live state (queue depth, scheduled retries, dead-letter depth, rate-limit remain
 events enqueued) is read from Redis at scrape time by ``RedisStateCollector``, not kept in
 per-process gauges that would go stale. It is cluster-wide: every worker exports the same
 numbers, so aggregate them with ``max`` across instances, never ``sum``.
+``snackvideo_clock_skew_seconds`` is the exception: this worker host's clock minus the
+Redis server's, as its main process last measured it (``worker.skew``).
 ``snackvideo_events_enqueued_total`` is a Redis counter the producers' enqueue Lua
 increments in the same atomic call that pushes the jobs (``producers.keys
 .ENQUEUED_COUNTER``): one number for every backend, with no HTTP port in the backends.
@@ -51,6 +53,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from worker.skew import current_skew_seconds
 
 log = logging.getLogger("snackvideo.metrics")
 
@@ -391,10 +395,31 @@ def throttle_metrics(throttle: dict[str, Any]) -> Iterator[Metric]:
         yield gauge
 
 
+class ClockSkewCollector:
+    """This host's clock minus the Redis server's, as the main process last measured it
+    (``worker.skew``): one value per worker, unlike the cluster-wide Redis state."""
+
+    def __init__(self, skew_seconds: Callable[[], float | None]) -> None:
+        self.skew_seconds = skew_seconds
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "snackvideo_clock_skew_seconds",
+            "This worker host's clock minus the Redis server's (TIME), signed; measured at "
+            "start and every minute. Due times use Redis TIME; kombu's visibility timeout "
+            "and Celery beat read the local clock.",
+        )
+        skew = self.skew_seconds()
+        if skew is not None:  # None: not measured yet (Redis away since the start)
+            gauge.add_metric([], skew)
+        yield gauge
+
+
 def build_registry(directory: Path, client: redis.Redis) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(FoldingMultiProcessCollector(directory))
     registry.register(RedisStateCollector(client))
+    registry.register(ClockSkewCollector(current_skew_seconds))
     return registry
 
 

@@ -18,6 +18,26 @@ believed (``None``): trusting it would either burst a window early or stall for 
 
 The result is relative (seconds from now), so the throttle can anchor it to the one
 clock every worker shares (Redis ``TIME``) instead of each host's own.
+
+Every number is bounded, because each one can stop or flood delivery if believed:
+
+    limit, remaining   integers, 0 <= n <= MAX_COUNT (10**9); a larger one is read as
+                       MAX_COUNT, a negative one as unreadable. 0 is believed: the throttle
+                       still lets one probe through per window (throttle_acquire.lua), so a
+                       limit of 0 costs one request per window, not a stopped queue.
+    reset, Retry-After 0 <= seconds <= MAX_RESET_SECONDS (one day); beyond, unreadable.
+    window lengths     the throttle derives them from resets only (window_s is the reset a
+                       fresh window announced; window_bound only narrows a reset, by at most
+                       one rounding step), so they inherit the reset's bound, and the spread
+                       of requests never reaches past the end of the tracked window.
+
+Why these: a day is the longest quota window an API announces (a daily quota); a longer
+reset is garbage or a skewed clock, and believing it would hold every job of the scope
+for a large part of its life (``SNACKVIDEO_MAX_AGE_SECONDS`` is 3 days). A billion
+requests per window is more than any quota and means "no limit" as well as any larger
+number does, while keeping every count an exact integer in Lua's doubles and short in the
+state hash. So no header can stop delivery for longer than the reset (or Retry-After) it
+announced plus one window.
 """
 
 from __future__ import annotations
@@ -36,6 +56,8 @@ DATE_HEADER = "date"
 
 #: Longest wait a header is believed to announce (a daily quota); beyond is garbage/skew.
 MAX_RESET_SECONDS = 86_400.0
+#: Largest limit or remaining count believed; a larger one is read as this (no limit).
+MAX_COUNT = 10**9
 EPOCH_SECONDS_FROM = 1e9
 EPOCH_MILLISECONDS_FROM = 1e11
 EPOCH_MILLISECONDS_UNTIL = 1e14
@@ -153,6 +175,6 @@ def _number(value: str | None) -> float | None:
 
 def _count(value: str | None) -> int | None:
     number = _number(value)
-    if number is None or number < 0 or number > 2**53:
+    if number is None or number < 0:
         return None
-    return int(number)
+    return int(min(number, MAX_COUNT))

@@ -35,6 +35,7 @@ from typing import Any
 import redis
 
 from worker.app import app
+from worker.clock import RedisClock
 from worker.connections import redis_client
 from worker.deadletter import DeadLetter, DeadLetterStore, Trimmed
 from worker.keys import REDRIVE_LOCK, REDRIVE_TASK
@@ -114,6 +115,7 @@ class Redriver:
             batch_size=settings.redrive_batch_size,
             lock=RedriveLock(client),
             has_api_key=lambda store_id: settings.api_key_for(store_id) is not None,
+            clock=RedisClock(client).now,  # retention by age on the clock entries were stamped on
         )
 
     def run(self) -> RedriveReport:

@@ -4,13 +4,18 @@ Retry backoffs and long throttle waits park the job in a sorted set scored by it
 time; a mover thread in every worker pushes due jobs back onto the delivery queue. A
 countdown/ETA message would instead sit unacknowledged in a worker for the whole wait,
 which forces a visibility timeout longer than the longest wait (see the README).
+
+Due times are on the Redis clock: the caller gives a delay, ``schedule.lua`` adds it to
+Redis ``TIME``, and ``move_due.lua`` compares against ``TIME`` too. A host whose clock is
+minutes off would otherwise park jobs minutes late, or move every other host's parked
+jobs minutes early (a Scalev outage's backoff spent in seconds).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
-import time
 from typing import Any
 
 import redis
@@ -30,15 +35,23 @@ class DelayedJobs:
         self._schedule = client.register_script(lua_source("schedule"))
         self._move_due = client.register_script(lua_source("move_due"))
 
-    def schedule(self, job_kwargs: dict[str, Any], due_at: float) -> None:
+    def schedule(self, job_kwargs: dict[str, Any], *, delay_seconds: float) -> float:
+        """Park the job ``delay_seconds`` from now on the Redis clock; returns its due time
+        (epoch seconds, Redis clock)."""
+        if not math.isfinite(delay_seconds):
+            raise ValueError(f"delay must be a finite number of seconds, not {delay_seconds}")
         job_id = job_kwargs["job_id"]
         message = build_message(job_kwargs, task_id=job_id)
-        self._schedule(keys=[SCHEDULED, SCHEDULED_MESSAGES], args=[job_id, due_at, message])
+        due_at = self._schedule(
+            keys=[SCHEDULED, SCHEDULED_MESSAGES], args=[job_id, repr(delay_seconds), message]
+        )
+        return float(due_at)
 
     def move_due(self, now: float | None = None, limit: int = MOVE_BATCH) -> int:
-        now = time.time() if now is None else now
+        """Move the jobs due by ``now`` (default: Redis ``TIME``, read by the script)."""
         moved = self._move_due(
-            keys=[SCHEDULED, SCHEDULED_MESSAGES, DELIVERY_QUEUE], args=[now, limit]
+            keys=[SCHEDULED, SCHEDULED_MESSAGES, DELIVERY_QUEUE],
+            args=["" if now is None else repr(now), limit],
         )
         return int(moved)
 

@@ -13,7 +13,7 @@ from celery.signals import worker_process_init
 
 from producers.keys import DELIVER_TASK
 from worker.app import app
-from worker.connections import redis_client
+from worker.connections import redis_client, redis_clock
 from worker.delivery import Dispatcher
 from worker.errors import DeadLettered
 from worker.scalev import ScalevClient
@@ -31,7 +31,8 @@ def get_dispatcher() -> Dispatcher:
         connect_timeout_seconds=settings.http_connect_timeout_seconds,
         read_timeout_seconds=settings.http_read_timeout_seconds,
     )
-    return Dispatcher(settings, redis_client(), scalev)
+    # Job ages and dead-letter times on the Redis clock, as every other host reads them.
+    return Dispatcher(settings, redis_client(), scalev, clock=redis_clock().now)
 
 
 @worker_process_init.connect

@@ -3,7 +3,8 @@ on every host, kept in Redis and changed only by two Lua scripts.
 
     acquire(scope)                      throttle_acquire.lua
         blocked (after a 429)?          -> wait until the block ends
-        tracked window over?            -> refill to the limit (provisional)
+        tracked window over?            -> refill to the limit, at least one (the probe
+                                           after a Limit: 0), provisionally
         remaining - in flight <= 0?     -> wait until the reset
         next spread slot in the future? -> wait for it
         else take the slot: the request counts as in flight (a leased token)
@@ -15,7 +16,10 @@ on every host, kept in Redis and changed only by two Lua scripts.
 Spreading: the remaining budget is paced evenly over what is left of the window
 (``(reset_at - now) / (remaining - in_flight)``), so 16 processes do not spend a window in
 its first milliseconds and then all wait, and no two of them take the last unit. Before
-any header was seen, requests are paced at ``SNACKVIDEO_DEFAULT_RATE``.
+any header was seen, requests are paced at ``SNACKVIDEO_DEFAULT_RATE``. The pace never
+holds a request past the end of the tracked window, and every header-derived number is
+bounded (``worker.ratelimit_headers``): no answer stops a scope for longer than the reset
+or Retry-After it announced plus one window.
 
 Clock: the scripts read Redis ``TIME``; Python hands them only relative values (the
 header parser turns epoch resets into "seconds from now"), so workers on hosts with

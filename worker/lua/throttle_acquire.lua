@@ -57,11 +57,16 @@ if remaining and not reset_at then
   reset_at = now + (window_s or fallback_window)
   redis.call('HSET', KEYS[1], 'reset_at', fmt(reset_at))
 end
+-- The end of the window the spread (next_slot_at) was set in, before any refill below.
+local window_end = reset_at
 if reset_at and now >= reset_at then
   -- The window we tracked is over. Refill optimistically; the first response of the new
-  -- window replaces the provisional reset with the server's own.
+  -- window replaces the provisional reset with the server's own. Never to less than one:
+  -- a window refilled to nothing (X-Ratelimit-Limit: 0) would say "wait a window" for ever
+  -- and never send the one request that could learn another limit. So every window lets
+  -- at least one probe through, and its answer teaches the throttle again.
   if limit then
-    remaining = limit
+    remaining = math.max(limit, 1)
     reset_at = now + (window_s or fallback_window)
     redis.call('HSET', KEYS[1], 'remaining', remaining, 'reset_at', fmt(reset_at),
       'provisional', 1, 'window_started_at', fmt(now))
@@ -85,6 +90,11 @@ else
   interval = default_interval
 end
 
+-- A spread set on a longer window than the server has since announced (a provisional
+-- guess, a day-long reset) must not hold requests past the end of the tracked window.
+if next_slot_at and window_end and next_slot_at > window_end then
+  next_slot_at = window_end
+end
 if next_slot_at and next_slot_at > now then
   return wait(next_slot_at - now)
 end

@@ -145,6 +145,13 @@ for _, name in ipairs(names) do
     redis.call('HDEL', KEYS[1], name)
   end
 end
+-- The spread was paced over the window as acquire knew it. An answer that ends the window
+-- sooner (the server's reset replacing a provisional guess, a day-long reset replaced by
+-- a second) leaves a next slot past the window's end: a stall the server never asked for.
+local next_slot_at = num('next_slot_at')
+if next_slot_at and reset_at and next_slot_at > reset_at then
+  redis.call('HDEL', KEYS[1], 'next_slot_at')
+end
 redis.call('PEXPIRE', KEYS[1], ttl_ms)
 redis.call('SADD', KEYS[3], ARGV[12])
 return 1
