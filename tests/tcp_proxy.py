@@ -18,14 +18,18 @@ what the network does:
         proxy.count(b"EVALSHA")                     # commands seen that held the marker
 
 Pass-through is the default. A rule matches a *command*, that is bytes from the client
-that contain its marker (compared exactly, across TCP segment boundaries; redis-py sends
-command names in upper case), and acts on the *next bytes the server sends back on that
+that contain its marker, and acts on the *next bytes the server sends back on that
 connection*. For a request/response client such as redis-py without pipelining, that is
-the reply to the matched command. A rule lets the first ``skip`` matching commands (counted
-from when it was added) pass, then fires on the next ``times``, then it is spent. When two
-live rules could act on one command, the older one does. ``on_fire`` (any callable) runs each
-time it fires, before its action: it can refuse connections or drop the others at exactly
-that moment.
+the reply to the matched command. Markers are raw bytes, found across TCP segment
+boundaries. redis-py sends command names in upper case; a marker is a substring, so
+``b"SET"`` also matches CLIENT SETINFO: frame it as RESP does (``b"\\r\\nSET\\r\\n"``) to
+match the command name only.
+
+A rule lets the first ``skip`` matching commands (counted from when it was added) pass,
+then fires on the next ``times``, then it is spent. When two live rules could act on one
+command, the older one does. ``on_fire`` (any callable) runs each time the rule fires,
+before its action: it can refuse connections or drop the other links at exactly that
+moment.
 
 - ``delay_reply_after``: the reply is held ``seconds`` before it is forwarded. A client
   whose socket timeout is shorter gives up and disconnects; the server has run the
@@ -233,6 +237,10 @@ class TcpProxy:
         with self._lock:
             listener, self._listener = self._listener, None
         if listener is not None:
+            # shutdown() stops the listening at once; close() alone waits for the accept()
+            # in the serving thread to return, and a connect in between would succeed.
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
             listener.close()
 
     def accept_connections(self) -> None:
