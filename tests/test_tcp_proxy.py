@@ -31,9 +31,7 @@ def client_of(proxy: TcpProxy, timeout: float = 2.0) -> redis.Redis:
     )
 
 
-def test_it_passes_commands_and_replies_through(
-    proxy: TcpProxy, redis_client: redis.Redis
-) -> None:
+def test_it_passes_commands_and_replies_through(proxy: TcpProxy, redis_client: redis.Redis) -> None:
     through = client_of(proxy)
     set_command = b"\r\nSET\r\n"  # framed: a bare b"SET" also matches CLIENT SETINFO
     proxy.watch(set_command)
