@@ -1,11 +1,12 @@
 """Everything a backend needs to enqueue SnackVideo events. Never imports ``worker``."""
 
-from producers.enqueue import Producer, enqueue, enqueue_many
+from producers.enqueue import Enqueued, Producer, enqueue, enqueue_many
 from producers.errors import DispatchError, EnqueueError, InvalidEvent
 from producers.models import validate_payload
 
 __all__ = [
     "DispatchError",
+    "Enqueued",
     "EnqueueError",
     "InvalidEvent",
     "Producer",

@@ -3,17 +3,24 @@
 A call either returns job ids that are in Redis or raises: validation errors raise
 ``InvalidEvent`` before anything is written, and a Redis that does not answer within
 ``SNACKVIDEO_ENQUEUE_TIMEOUT_SECONDS`` raises ``EnqueueError``.
+
+A call queues each event at most once, however often it retries. Its job ids and messages
+are built once, before the first attempt, together with a call token. The Lua script
+stores the call's result under the token in the same atomic step as the push, so a retry
+whose earlier run did the work (its reply was late or lost with a dropped connection)
+returns that result and pushes nothing.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from redis.backoff import NoBackoff
@@ -27,7 +34,12 @@ from tenacity import (
 )
 
 from producers.errors import EnqueueError, InvalidEvent
-from producers.keys import DELIVERY_QUEUE, ENQUEUED_COUNTER, idempotency_key
+from producers.keys import (
+    DELIVERY_QUEUE,
+    ENQUEUED_COUNTER,
+    enqueue_call_key,
+    idempotency_key,
+)
 from producers.message import build_message
 from producers.models import JOB_SCHEMA_VERSION, validate_payload, validate_store_id
 
@@ -47,6 +59,15 @@ TRANSIENT_REDIS_ERRORS = (
 )
 
 _ENQUEUE_LUA = resources.files("producers").joinpath("lua/enqueue.lua").read_text()
+
+
+class Enqueued(NamedTuple):
+    """What one event of a batch became (``Producer.enqueue_many_outcomes``)."""
+
+    job_id: str
+    #: False when an earlier call holds the event's idempotency key: ``job_id`` is that
+    #: call's job, already queued, and nothing was pushed for this event.
+    queued_now: bool
 
 
 class Producer:
@@ -73,6 +94,7 @@ class Producer:
         # still run its full socket timeout before the deadline.
         socket_timeout = min(2.0, self.timeout_seconds / 2)
         self._retry_window_seconds = self.timeout_seconds - socket_timeout
+        self.call_ttl_seconds = call_ttl_seconds(self.timeout_seconds, socket_timeout)
         self.client = client or redis.Redis.from_url(
             self.redis_url,
             socket_timeout=socket_timeout,
@@ -96,17 +118,42 @@ class Producer:
         idempotency_keys: Sequence[str | None] | None = None,
         _single: bool = False,
     ) -> list[str]:
+        return self._enqueue(store_id, payloads, idempotency_keys, single=_single)[0]
+
+    def enqueue_many_outcomes(
+        self,
+        store_id: str,
+        payloads: Sequence[dict[str, Any]],
+        *,
+        idempotency_keys: Sequence[str | None] | None = None,
+    ) -> list[Enqueued]:
+        """``enqueue_many``, and for each event whether this call queued it."""
+        job_ids, own_ids = self._enqueue(store_id, payloads, idempotency_keys, single=False)
+        return [Enqueued(job, job == own) for job, own in zip(job_ids, own_ids, strict=True)]
+
+    def _enqueue(
+        self,
+        store_id: str,
+        payloads: Sequence[dict[str, Any]],
+        idempotency_keys: Sequence[str | None] | None,
+        *,
+        single: bool,
+    ) -> tuple[list[str], list[str]]:
+        """(the job id of each event, the job id this call built for it)."""
         store_id = validate_store_id(store_id)
         if idempotency_keys is not None and len(idempotency_keys) != len(payloads):
             raise ValueError("idempotency_keys must have one entry per payload")
         keys = list(idempotency_keys or [None] * len(payloads))
-        validated = _validate_all(payloads, single=_single)
+        validated = _validate_all(payloads, single=single)
         if not validated:
-            return []
-        argv: list[Any] = [self.idempotency_ttl_seconds, len(validated)]
+            return [], []
+        # Built once: every retry below sends these same ids, messages and call token.
+        argv: list[Any] = [self.idempotency_ttl_seconds, len(validated), self.call_ttl_seconds]
         now = time.time()
+        own_ids: list[str] = []
         for payload, key in zip(validated, keys, strict=True):
             job_id = str(uuid.uuid4())
+            own_ids.append(job_id)
             kwargs = {
                 "job_id": job_id,
                 "store_id": store_id,
@@ -115,10 +162,12 @@ class Producer:
                 "schema": JOB_SCHEMA_VERSION,
             }
             argv += [_idempotency_arg(store_id, key), job_id, build_message(kwargs, task_id=job_id)]
-        result = self._publish(argv)
-        return [item.decode() if isinstance(item, bytes) else str(item) for item in result]
+        call_key = enqueue_call_key(uuid.uuid4().hex)
+        result = self._publish([DELIVERY_QUEUE, ENQUEUED_COUNTER, call_key], argv)
+        job_ids = [item.decode() if isinstance(item, bytes) else str(item) for item in result]
+        return job_ids, own_ids
 
-    def _publish(self, argv: list[Any]) -> list[Any]:
+    def _publish(self, keys: list[str], argv: list[Any]) -> list[Any]:
         retrying = Retrying(
             retry=retry_if_exception_type(TRANSIENT_REDIS_ERRORS),
             stop=stop_before_delay(self._retry_window_seconds),
@@ -128,7 +177,7 @@ class Producer:
         try:
             for attempt in retrying:
                 with attempt:
-                    return list(self._script(keys=[DELIVERY_QUEUE, ENQUEUED_COUNTER], args=argv))
+                    return list(self._script(keys=keys, args=argv))
         except RetryError as exc:
             cause = exc.last_attempt.exception()
             raise EnqueueError(
@@ -142,11 +191,38 @@ class Producer:
         self.client.close()
 
 
+def call_ttl_seconds(timeout_seconds: float, socket_timeout: float) -> int:
+    """How long a call's token lives: past the last moment a retry of the call can be sent.
+
+    The last attempt starts before ``timeout - socket_timeout``. Before its script reaches
+    Redis it may wait up to one socket timeout for each of: the connect, redis-py's
+    handshake (CLIENT SETINFO twice, SELECT), a NOSCRIPT answer and the SCRIPT LOAD. So
+    every run is sent within ``timeout + 5 x socket_timeout`` of the call's start (15 s
+    with the defaults); five more seconds cover a Redis that reads the command late: 20 s.
+    """
+    return math.ceil(timeout_seconds + 5 * socket_timeout) + 5
+
+
+def idempotency_key_problem(key: object) -> str | None:
+    """Why ``key`` cannot be an idempotency key, or None when it can."""
+    if not isinstance(key, str):
+        return f"must be a non-empty string, not {'null' if key is None else type(key).__name__}"
+    if not key:
+        return "must be a non-empty string"
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (a JSON "\\ud800" escape) would otherwise fail inside redis-py.
+        return "must be valid Unicode text (no lone surrogates)"
+    return None
+
+
 def _idempotency_arg(store_id: str, key: str | None) -> str:
     if key is None:
         return ""
-    if not isinstance(key, str) or not key:
-        raise InvalidEvent([("idempotency_key", "must be a non-empty string")])
+    problem = idempotency_key_problem(key)
+    if problem is not None:
+        raise InvalidEvent([("idempotency_key", problem)])
     return idempotency_key(store_id, key)
 
 

@@ -1,4 +1,4 @@
-"""Names the producer shares with the worker: the task, its queue, the idempotency keys.
+"""Names the producer shares with the worker: the task, its queue, the keys enqueue writes.
 
 The whole Redis key layout is documented in ``worker/keys.py``; the names a producer
 needs live here because ``producers`` must never import ``worker``.
@@ -23,3 +23,9 @@ ENQUEUED_COUNTER = f"{KEY_PREFIX}metrics:enqueued"
 def idempotency_key(store_id: str, key: str) -> str:
     # Scoped by store: two shops may well both use "order-1001-purchase".
     return f"{KEY_PREFIX}idem:{store_id}:{key}"
+
+
+def enqueue_call_key(token: str) -> str:
+    # One per enqueue call, shared by its retries: a retry whose earlier run was done
+    # returns that run's result instead of pushing the batch again (producers/lua/enqueue.lua).
+    return f"{KEY_PREFIX}enqueue:call:{token}"

@@ -12,8 +12,11 @@ from typing import Any
 
 import redis
 
+from producers import Producer
+from producers.keys import idempotency_key
 from tests.conftest import ROOT, STORE, free_port
 from tests.queue_helpers import event, queued
+from worker.cli import content_key
 
 SNACKVIDEO = str(Path(sys.executable).parent / "snackvideo")
 
@@ -156,3 +159,139 @@ def test_redis_down_is_an_error_not_a_silent_drop(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stdout == ""
     assert "error:" in result.stderr
+
+
+# -- idempotency keys per line --------------------------------------------------------------
+
+
+def test_a_key_field_keys_each_line_and_a_re_run_queues_nothing(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    events = [event(f"clk-{i}", order_id=f"order-{i}") for i in range(3)]
+    path = write_lines(tmp_path / "events.jsonl", events)
+    args = ("--store", STORE, "--idempotency-key-field", "order_id", str(path))
+
+    first = run_enqueue(redis_url, *args)
+    again = run_enqueue(redis_url, *args)
+
+    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+    ids = printed_ids(first.stdout)
+    assert printed_ids(again.stdout) == ids
+    assert [m.kwargs["job_id"] for m in queued(redis_client)] == ids
+    for i, job_id in enumerate(ids):
+        assert redis_client.get(idempotency_key(STORE, f"order-{i}")) == job_id.encode()
+    assert "enqueued 3 event(s)" in first.stderr
+    assert f"enqueued 0 event(s) for store {STORE}; 3 already queued" in again.stderr
+    # The field is part of the event: it is sent as given.
+    assert queued(redis_client)[0].kwargs["payload"]["order_id"] == "order-0"
+
+
+def test_a_key_field_is_the_key_a_backend_passes_to_enqueue(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    producer = Producer(redis_url)
+    backend_id = producer.enqueue(STORE, event("clk-1"), idempotency_key="order-1001-purchase")
+    producer.close()
+    line = event("clk-1", order_key="order-1001-purchase")
+    path = write_lines(tmp_path / "events.jsonl", [line, event("clk-2", order_key="order-2")])
+
+    result = run_enqueue(
+        redis_url, "--store", STORE, "--idempotency-key-field", "order_key", str(path)
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert printed_ids(result.stdout)[0] == backend_id
+    assert len(queued(redis_client)) == 2
+    assert "enqueued 1 event(s)" in result.stderr and "1 already queued" in result.stderr
+
+
+def test_a_line_without_a_usable_key_field_is_invalid_and_nothing_is_enqueued(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    bad_payload = event("clk-7", order_id="order-7")
+    bad_payload["events"] = []
+    path = write_lines(
+        tmp_path / "events.jsonl",
+        [
+            event("clk-1", order_id="order-1"),
+            event("clk-2"),  # no order_id
+            event("clk-3", order_id=""),
+            event("clk-4", order_id=4),
+            event("clk-5", order_id=None),
+            '{"click_id": "clk-6", "events": [{"event_name": "x"}], "order_id": "\\ud800"}',
+            bad_payload,  # both problems on one line are named
+        ],
+    )
+    result = run_enqueue(
+        redis_url, "--store", STORE, "--idempotency-key-field", "order_id", str(path)
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    errors = result.stderr
+    assert "line 1" not in errors
+    assert "line 2: order_id: missing" in errors
+    assert "line 3: order_id: idempotency key must be a non-empty string" in errors
+    assert "line 4: order_id: idempotency key must be a non-empty string, not int" in errors
+    assert "line 5: order_id: idempotency key must be a non-empty string, not null" in errors
+    assert "line 6: order_id: idempotency key must be valid Unicode text" in errors
+    assert "line 7: events" in errors and "line 7: order_id" not in errors
+    # Line 6 counts twice: the event itself refuses text that is not Unicode, too.
+    assert "nothing enqueued: 7 problem(s)" in errors
+    assert redis_client.dbsize() == 0
+
+
+def test_a_content_key_ignores_whitespace_and_key_order(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    one = event("clk-1")
+    reordered = json.dumps(dict(reversed(list(one.items()))), indent=None, separators=(", ", ": "))
+    first_file = write_lines(tmp_path / "a.jsonl", [one, event("clk-2")])
+    second_file = write_lines(tmp_path / "b.jsonl", [reordered, event("clk-3")])
+
+    first = run_enqueue(
+        redis_url, "--store", STORE, "--idempotency-key-from-content", str(first_file)
+    )
+    second = run_enqueue(
+        redis_url, "--store", STORE, "--idempotency-key-from-content", str(second_file)
+    )
+
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    first_ids, second_ids = printed_ids(first.stdout), printed_ids(second.stdout)
+    assert second_ids[0] == first_ids[0]
+    assert [m.kwargs["payload"]["click_id"] for m in queued(redis_client)] == [
+        "clk-1",
+        "clk-2",
+        "clk-3",
+    ]
+    # The key is per store: the same line for another store is another event.
+    other = run_enqueue(
+        redis_url, "--store", "store_other", "--idempotency-key-from-content", str(first_file)
+    )
+    assert other.returncode == 0, other.stderr
+    assert set(printed_ids(other.stdout)).isdisjoint(first_ids)
+    assert len(queued(redis_client)) == 5
+
+
+def test_content_key_is_a_hash_of_store_and_canonical_json() -> None:
+    a = content_key(STORE, {"b": 1, "a": [1, "é"]})
+    assert a == content_key(STORE, {"a": [1, "é"], "b": 1})
+    assert a != content_key("store_other", {"b": 1, "a": [1, "é"]})
+    assert a != content_key(STORE, {"b": 1, "a": [1, "e"]})
+    assert a.startswith("content-sha256:") and len(a) == len("content-sha256:") + 64
+
+
+def test_the_two_key_options_exclude_each_other(redis_url: str, tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "events.jsonl", [event("clk-1", order_id="o-1")])
+    result = run_enqueue(
+        redis_url, "--store", STORE, "--idempotency-key-field", "order_id",
+        "--idempotency-key-from-content", str(path),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "not allowed with argument" in result.stderr
+
+
+def test_help_explains_the_key_options(redis_url: str) -> None:
+    result = run_enqueue(redis_url, "--help")
+    assert result.returncode == 0
+    for text in ("--idempotency-key-field FIELD", "--idempotency-key-from-content", "re-run"):
+        assert text in result.stdout

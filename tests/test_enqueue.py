@@ -135,13 +135,32 @@ def test_a_key_repeated_inside_one_batch_pushes_once(
     assert [m.kwargs["job_id"] for m in queued(redis_client)] == ids[:2]
 
 
-@pytest.mark.parametrize("bad", ["", 17])
+@pytest.mark.parametrize("bad", ["", 17, "order-\ud800"])
 def test_a_bad_idempotency_key_is_invalid(
     producer: Producer, redis_client: redis.Redis, bad: Any
 ) -> None:
     with pytest.raises(InvalidEvent, match="idempotency_key"):
         producer.enqueue(STORE, event("clk-1"), idempotency_key=bad)
     assert queue_length(redis_client) == 0
+
+
+def test_outcomes_say_which_events_this_call_queued(
+    producer: Producer, redis_client: redis.Redis
+) -> None:
+    held = producer.enqueue(STORE, event("clk-0"), idempotency_key="order-0")
+    outcomes = producer.enqueue_many_outcomes(
+        STORE,
+        [event("clk-0"), event("clk-1"), event("clk-2"), event("clk-1")],
+        idempotency_keys=["order-0", "order-1", None, "order-1"],
+    )
+    assert [o.queued_now for o in outcomes] == [False, True, True, False]
+    assert outcomes[0].job_id == held
+    assert outcomes[3].job_id == outcomes[1].job_id
+    assert [m.kwargs["job_id"] for m in queued(redis_client)] == [
+        held,
+        outcomes[1].job_id,
+        outcomes[2].job_id,
+    ]
 
 
 # -- batches ------------------------------------------------------------------------------

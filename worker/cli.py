@@ -3,17 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import redis
 
 from producers import EnqueueError, InvalidEvent, Producer
+from producers.enqueue import idempotency_key_problem
 from producers.models import validate_payload, validate_store_id
 
 ENQUEUE_CHUNK = 500
+CONTENT_KEY_PREFIX = "content-sha256:"
+
+ENQUEUE_EPILOG = f"""\
+Input is one JSON object, or JSON Lines (one event a line). Every line is validated
+first: an invalid line is reported by line number and field, nothing is enqueued and the
+exit status is 1. Events then go to Redis in chunks of {ENQUEUE_CHUNK}, one atomic call per
+chunk, and their job ids are printed one a line, in input order.
+
+A run that fails part-way (Redis gone: "error: Redis did not accept ...", exit status 1)
+has enqueued its first chunks, and maybe the chunk it was sending. To make running the
+same file again safe, give every event an idempotency key with one of:
+
+  --idempotency-key-field FIELD
+      the key is the value of the event's top-level FIELD, which must be a non-empty
+      string on every line (else that line is reported as invalid). It is the same key a
+      backend passes as enqueue(..., idempotency_key=...). The field stays in the event.
+  --idempotency-key-from-content
+      the key is derived from the store and the event's content: a SHA-256 of its
+      canonical JSON (keys sorted, no whitespace). Identical events are one event.
+
+An event whose key is already held (within SNACKVIDEO_IDEMPOTENCY_TTL_SECONDS, 48 h by
+default) is not queued again: its first job id is printed instead, and the summary
+counts it as already queued. A re-run therefore queues only what is missing.
+"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,9 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     enqueue = commands.add_parser(
-        "enqueue", help="validate and enqueue events from a JSON object or JSON Lines file"
+        "enqueue",
+        help="validate and enqueue events from a JSON object or JSON Lines file",
+        description="Validate events, then enqueue them for delivery to Scalev.",
+        epilog=ENQUEUE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     enqueue.add_argument("--store", required=True, help="the store's unique_id")
+    keys = enqueue.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--idempotency-key-field",
+        metavar="FIELD",
+        help="use each event's top-level FIELD (a non-empty string) as its idempotency key",
+    )
+    keys.add_argument(
+        "--idempotency-key-from-content",
+        action="store_true",
+        help="derive each event's idempotency key from a hash of the store and its content",
+    )
     enqueue.add_argument("file", nargs="?", default="-", help="FILE or - for stdin (default)")
     enqueue.set_defaults(handler=cmd_enqueue)
 
@@ -91,6 +132,33 @@ class _Unreadable:
         self.message = message
 
 
+KeyOf = Callable[[str, dict[str, Any]], str]
+
+
+def field_key(field: str) -> KeyOf:
+    """The idempotency key is the event's top-level ``field``; InvalidEvent names it if unfit."""
+
+    def key_of(store_id: str, payload: dict[str, Any]) -> str:
+        if field not in payload:
+            raise InvalidEvent([(field, "missing: it holds the idempotency key")])
+        value = payload[field]
+        problem = idempotency_key_problem(value)
+        if problem is not None:
+            raise InvalidEvent([(field, f"idempotency key {problem}")])
+        assert isinstance(value, str)  # narrowed by idempotency_key_problem
+        return value
+
+    return key_of
+
+
+def content_key(store_id: str, payload: dict[str, Any]) -> str:
+    """A key that only this store's event with this content has: whitespace and key order
+    of the input line do not change it."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = hashlib.sha256(f"{store_id}\n{canonical}".encode()).hexdigest()
+    return CONTENT_KEY_PREFIX + digest
+
+
 def cmd_enqueue(args: argparse.Namespace) -> int:
     try:
         store_id = validate_store_id(args.store)
@@ -109,33 +177,78 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     if not items:
         print("error: no events in input", file=sys.stderr)
         return 1
+    key_of: KeyOf | None = None
+    if args.idempotency_key_field is not None:
+        key_of = field_key(args.idempotency_key_field)
+    elif args.idempotency_key_from_content:
+        key_of = content_key
     problems: list[str] = []
     payloads: list[dict[str, Any]] = []
+    keys: list[str | None] = []
     for number, item in items:
         if isinstance(item, _Unreadable):
             problems.append(f"line {number}: {item.message}")
             continue
+        found: list[tuple[str, str]] = []
         try:
             payloads.append(validate_payload(item))
         except InvalidEvent as exc:
-            for field, message in exc.problems:
-                problems.append(f"line {number}: {field}: {message}")
+            found += exc.problems
+        if key_of is not None and isinstance(item, dict):
+            try:
+                keys.append(key_of(store_id, item))
+            except InvalidEvent as exc:
+                found += exc.problems
+        else:
+            keys.append(None)
+        problems += [f"line {number}: {field}: {message}" for field, message in found]
     if problems:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         print(f"nothing enqueued: {len(problems)} problem(s)", file=sys.stderr)
         return 1
+    return _enqueue_in_chunks(store_id, payloads, keys, keyed=key_of is not None)
+
+
+def _enqueue_in_chunks(
+    store_id: str, payloads: list[dict[str, Any]], keys: list[str | None], *, keyed: bool
+) -> int:
     producer = Producer()
+    done = queued_now = 0
     try:
         for start in range(0, len(payloads), ENQUEUE_CHUNK):
-            for job_id in producer.enqueue_many(store_id, payloads[start : start + ENQUEUE_CHUNK]):
-                print(job_id)
+            outcomes = producer.enqueue_many_outcomes(
+                store_id,
+                payloads[start : start + ENQUEUE_CHUNK],
+                idempotency_keys=keys[start : start + ENQUEUE_CHUNK],
+            )
+            for outcome in outcomes:
+                print(outcome.job_id)
+            sys.stdout.flush()  # what is printed is queued, even if a later chunk fails
+            done += len(outcomes)
+            queued_now += sum(outcome.queued_now for outcome in outcomes)
     except EnqueueError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        print(
+            f"error: {done} of {len(payloads)} event(s) are queued (their job ids are "
+            "printed); the chunk being sent may be queued too.",
+            file=sys.stderr,
+        )
+        if keyed:
+            hint = "run the same command again: events already queued are not queued twice"
+        else:
+            hint = (
+                f"running this input again would queue those {done} again: "
+                "use --idempotency-key-field or --idempotency-key-from-content"
+            )
+        print(f"hint: {hint}", file=sys.stderr)
         return 1
     finally:
         producer.close()
-    print(f"enqueued {len(payloads)} event(s) for store {store_id}", file=sys.stderr)
+    summary = f"enqueued {queued_now} event(s) for store {store_id}"
+    if queued_now < done:
+        summary += f"; {done - queued_now} already queued (same idempotency key)"
+    print(summary, file=sys.stderr)
     return 0
 
 

@@ -5,6 +5,7 @@
     unacked, unacked_index           hash/zset  kombu's in-flight messages (visibility timeout)
     unacked_mutex                    string kombu's lock for the restore sweep (expires in 30 s)
     snackvideo:idem:{store}:{key}    string job id holding an idempotency key (TTL 48 h)
+    snackvideo:enqueue:call:{token}  string an enqueue call's result, for its retries (TTL 20 s)
     snackvideo:delivered:{job_id}    string set after a 2xx, so a redelivered message is not sent
                                             again (TTL: max job age + 1 day; set by
                                             throttle_record.lua in the call that releases
