@@ -86,6 +86,9 @@ class DeadLetter:
     dead_lettered_at: float = field(default_factory=time.time)
     replay_count: int = 0
     id: str = ""
+    # A 3xx answer's Location (never followed). Entries written before this field load
+    # with None: from_json fills what the JSON lacks from these defaults.
+    location: str | None = None
 
     def __post_init__(self) -> None:
         if not self.id:
