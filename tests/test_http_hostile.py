@@ -543,3 +543,29 @@ def test_the_hard_time_limit_requeues_the_message_instead_of_acking_it(
     assert "attempt=1" in delivered  # a requeue is not a counted attempt
     assert dead_letters(redis_client) == []
     assert redis_client.zcard(SCHEDULED) == 0
+
+
+# -- what the client reads from the environment, once -------------------------------------
+
+
+def test_proxies_and_the_ca_bundle_are_read_once_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/custom.pem")
+
+    def client() -> ScalevClient:
+        return ScalevClient(
+            "https://api.scalev.com", connect_timeout_seconds=1, read_timeout_seconds=1
+        )
+
+    proxied = client()
+    assert proxied.session.proxies == {"https": "http://proxy.internal:3128"}
+    assert proxied.session.verify == "/etc/ssl/custom.pem"
+    assert proxied.session.trust_env is False  # no per-request environment scan, no .netrc
+    proxied.close()
+    monkeypatch.setenv("NO_PROXY", "api.scalev.com")
+    bypassed = client()
+    assert bypassed.session.proxies == {}
+    bypassed.close()
