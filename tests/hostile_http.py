@@ -6,18 +6,28 @@ out, when the client closed the connection: ``closed_at - received_at`` is how l
 client let the request run. It binds any loopback address (127.0.0.2 is another host for
 requests' cross-host rules) on a free port, serves each connection in its own thread, and
 keeps connections alive like a real server, so a kept-alive client socket is tested too.
+With an ``ssl.SSLContext`` it speaks HTTPS (``tls_context`` makes a throwaway certificate
+for 127.0.0.1 with the openssl command). ``SlowRelay`` sits in front of any server and
+hands its bytes to the client one at a time: a TLS handshake that trickles.
 """
 
 from __future__ import annotations
 
+import os
 import select
+import shutil
 import socket
 import socketserver
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import pytest
 
 REASONS = {200: "OK", 204: "No Content", 301: "Moved Permanently", 302: "Found",
            303: "See Other", 307: "Temporary Redirect", 308: "Permanent Redirect",
@@ -89,6 +99,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass
 
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()
+        super().setup()
+
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         seen = Seen(
@@ -145,7 +160,8 @@ class _Handler(BaseHTTPRequestHandler):
             readable, _, _ = select.select([self.connection], [], [], min(left, 0.05))
             if readable:
                 try:
-                    if self.connection.recv(1, socket.MSG_PEEK) == b"":
+                    # The plain socket's recv, also under TLS: peek at bytes, EOF is b"".
+                    if socket.socket.recv(self.connection, 1, socket.MSG_PEEK) == b"":
                         return True
                 except OSError:
                     return True
@@ -159,10 +175,26 @@ class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
     owner: HostileServer
+    tls: ssl.SSLContext | None = None
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        sock, address = super().get_request()
+        if self.tls is not None:
+            # The handshake runs in the connection's own thread (_Handler.setup).
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client that hung up mid-handshake is what some tests do
 
 
 class HostileServer:
-    def __init__(self, host: str = "127.0.0.1", respond: Respond | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        respond: Respond | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.host = host
         self.lock = threading.Lock()
         self.seen: list[Seen] = []
@@ -170,8 +202,9 @@ class HostileServer:
         self.stopping = threading.Event()
         self._server = _Server((host, 0), _Handler)
         self._server.owner = self
+        self._server.tls = tls
         self.port = int(self._server.server_address[1])
-        self.url = f"http://{host}:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://{host}:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def start(self) -> HostileServer:
@@ -203,3 +236,83 @@ def in_order(*behaviours: Behaviour, then: Behaviour | None = None) -> Respond:
             return queue.pop(0) if queue else (then or Reply(204))
 
     return respond
+
+
+def tls_context(directory: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server context with a fresh self-signed certificate for 127.0.0.1, and the
+    certificate's path for the client to trust. Needs the openssl command."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        if os.environ.get("CI"):
+            pytest.fail("no openssl command: CI must run the TLS tests")
+        pytest.skip("no openssl command")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context, cert
+
+
+class SlowRelay:
+    """A TCP relay to ``target``: what the client sends goes through at once, what the
+    target answers reaches the client one byte every ``interval`` seconds. Records when
+    the client closed its end (``closed_at``, time.monotonic())."""
+
+    def __init__(self, target: tuple[str, int], interval: float = 0.5) -> None:
+        self.target = target
+        self.interval = interval
+        self.opened_at: list[float] = []
+        self.closed_at: list[float] = []
+        self.stopping = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def start(self) -> SlowRelay:
+        self._thread.start()
+        return self
+
+    def _accept(self) -> None:
+        self._listener.settimeout(0.1)
+        while not self.stopping.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                continue
+            self.opened_at.append(time.monotonic())
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(self.target, timeout=5)
+        pending = b""
+        try:
+            while not self.stopping.is_set():
+                wait = 0.0 if pending else self.interval
+                readable, _, _ = select.select([client, upstream], [], [], wait)
+                if client in readable:
+                    data = client.recv(65536)
+                    if not data:
+                        self.closed_at.append(time.monotonic())
+                        return
+                    upstream.sendall(data)
+                if upstream in readable:
+                    pending += upstream.recv(65536)
+                if pending:
+                    client.sendall(pending[:1])
+                    pending = pending[1:]
+                    time.sleep(self.interval)
+        except OSError:
+            self.closed_at.append(time.monotonic())
+        finally:
+            client.close()
+            upstream.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._listener.close()
+        self._thread.join(5)

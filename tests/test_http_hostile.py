@@ -34,7 +34,17 @@ from tests.conftest import (
     wait_until,
     worker_env,
 )
-from tests.hostile_http import Hold, HostileServer, Reply, Seen, Trickle, in_order, redirect
+from tests.hostile_http import (
+    Hold,
+    HostileServer,
+    Reply,
+    Seen,
+    SlowRelay,
+    Trickle,
+    in_order,
+    redirect,
+    tls_context,
+)
 from worker.deadletter import DeadLetter, DeadLetterStore
 from worker.errors import RedirectRefused, RetryableError
 from worker.keys import SCHEDULED
@@ -54,8 +64,8 @@ SNACKVIDEO = str(Path(PYTHON).parent / "snackvideo")
 def hostile() -> Iterator[Callable[..., HostileServer]]:
     started: list[HostileServer] = []
 
-    def start(host: str = "127.0.0.1", respond: Any = None) -> HostileServer:
-        server = HostileServer(host, respond).start()
+    def start(host: str = "127.0.0.1", respond: Any = None, tls: Any = None) -> HostileServer:
+        server = HostileServer(host, respond, tls).start()
         started.append(server)
         return server
 
@@ -297,6 +307,55 @@ def test_a_trickled_answer_is_cut_at_the_deadline(
     cut = server.requests()[1]
     assert cut.closed_at is not None
     assert cut.closed_at - cut.received_at <= CUT_BOUND_S
+
+
+def tls_client(base_url: str, cert: Path) -> ScalevClient:
+    session = requests.Session()
+    session.verify = str(cert)
+    return ScalevClient(
+        base_url, connect_timeout_seconds=CONNECT_S, read_timeout_seconds=READ_S, session=session
+    )
+
+
+def test_a_trickled_answer_over_tls_is_cut_at_the_deadline(
+    hostile: Callable[..., HostileServer], tmp_path: Path
+) -> None:
+    context, cert = tls_context(tmp_path)
+    slow = Trickle(Reply(200, body=b"b" * 40), part="body", interval=0.5)
+    server = hostile(respond=in_order(Reply(204), slow, then=Reply(204)), tls=context)
+    client = tls_client(server.url, cert)
+    assert client.send(STORE, STORE_KEY, event("warm")).status_code == 204
+
+    started = time.monotonic()
+    with pytest.raises(RetryableError, match="exceeded its deadline"):
+        client.send(STORE, STORE_KEY, event("slow"))
+    took = time.monotonic() - started
+    assert client.send(STORE, STORE_KEY, event("after")).status_code == 204
+    client.close()
+    assert took <= CUT_BOUND_S, took
+    cut = server.requests()[1]
+    assert cut.closed_at is not None and cut.closed_at - cut.received_at <= CUT_BOUND_S
+
+
+def test_a_trickled_tls_handshake_is_cut_at_the_deadline(
+    hostile: Callable[..., HostileServer], tmp_path: Path
+) -> None:
+    # Each handshake byte comes well within the 1 s socket timeout; CPython bounds the
+    # handshake as a whole by that timeout, so it ends before the deadline would.
+    context, cert = tls_context(tmp_path)
+    server = hostile(tls=context)
+    relay = SlowRelay(("127.0.0.1", server.port), interval=0.5).start()
+    try:
+        client = tls_client(f"https://127.0.0.1:{relay.port}", cert)
+        started = time.monotonic()
+        with pytest.raises(RetryableError):
+            client.send(STORE, STORE_KEY, event("handshake"))
+        took = time.monotonic() - started
+        client.close()
+    finally:
+        relay.stop()
+    assert took <= CUT_BOUND_S, took
+    assert server.requests() == []  # the POST never got through
 
 
 def test_a_slow_name_resolution_is_bounded(hostile: Callable[..., HostileServer]) -> None:

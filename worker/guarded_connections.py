@@ -5,9 +5,10 @@ Three places where a request could outlive its deadline, and what closes each:
 - Name resolution: ``worker.resolver`` runs it with the time the request has left.
 - Connecting: urllib3 tries every address the name resolved to, each for the whole
   connect timeout. Here each try gets at most the time left.
-- Everything after (TLS handshake, sending, the status line, headers and body, however
+- Everything after (a proxy tunnel, sending, the status line, headers and body, however
   slowly they trickle in): the socket is handed to the watchdog, which shuts it down at
-  the deadline.
+  the deadline. The TLS handshake needs nothing more: CPython bounds the whole handshake
+  by the socket's timeout, the connect timeout here (tested with a trickled handshake).
 
 ``DeadlineAdapter`` mounts these on a ``requests.Session``; requests' API, its error types
 and its connection pool stay as they are. A request made without a guard (none armed in
@@ -110,11 +111,8 @@ class _GuardedMixin:
                 f"Failed to establish a new connection: {exc}",
             ) from exc
         if guard is not None:
-            self._hand_to_watchdog(guard, sock)
+            watchdog().attach(guard, sock)
         return sock
-
-    def _hand_to_watchdog(self, guard: Guard, sock: socket.socket) -> None:
-        watchdog().attach(guard, sock)
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         guard = CURRENT_GUARD.get()
@@ -130,25 +128,14 @@ class GuardedHTTPConnection(_GuardedMixin, HTTPConnection):
 
 class GuardedHTTPSConnection(_GuardedMixin, HTTPSConnection):
     """The TLS handshake wraps the new socket in an ``SSLSocket``, which detaches the
-    plain socket object. The watchdog gets a duplicate of it for the handshake (shutting
-    down either descriptor shuts down the one connection), then the wrapped socket."""
-
-    _handshake_handle: socket.socket | None = None
-
-    def _hand_to_watchdog(self, guard: Guard, sock: socket.socket) -> None:
-        self._handshake_handle = sock.dup()
-        watchdog().attach(guard, self._handshake_handle)
+    plain socket object the watchdog held: it gets the wrapped one. Should the deadline
+    pass in between, ``attach`` cuts the wrapped socket at once."""
 
     def connect(self) -> None:
+        super().connect()
         guard = CURRENT_GUARD.get()
-        try:
-            super().connect()
-        finally:
-            handle, self._handshake_handle = self._handshake_handle, None
-            if guard is not None and self.sock is not None:
-                watchdog().attach(guard, self.sock)
-            if handle is not None:
-                handle.close()
+        if guard is not None and self.sock is not None:
+            watchdog().attach(guard, self.sock)
 
 
 class GuardedHTTPConnectionPool(HTTPConnectionPool):
