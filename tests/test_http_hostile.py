@@ -299,6 +299,7 @@ def test_a_trickled_answer_is_cut_at_the_deadline(
     with pytest.raises(RetryableError, match="exceeded its deadline of 3s") as info:
         client.send(STORE, STORE_KEY, event("slow"))
     took = time.monotonic() - started
+    print(f"trickled {part}: cut after {took:.2f}s")
     assert client.send(STORE, STORE_KEY, event("after")).status_code == 204  # a new connection
     client.close()
 
@@ -332,6 +333,7 @@ def test_a_trickled_answer_over_tls_is_cut_at_the_deadline(
     took = time.monotonic() - started
     assert client.send(STORE, STORE_KEY, event("after")).status_code == 204
     client.close()
+    print(f"TLS, trickled body: cut after {took:.2f}s")
     assert took <= CUT_BOUND_S, took
     cut = server.requests()[1]
     assert cut.closed_at is not None and cut.closed_at - cut.received_at <= CUT_BOUND_S
@@ -354,6 +356,7 @@ def test_a_trickled_tls_handshake_is_cut_at_the_deadline(
         client.close()
     finally:
         relay.stop()
+    print(f"TLS, trickled handshake: failed after {took:.2f}s")
     assert took <= CUT_BOUND_S, took
     assert server.requests() == []  # the POST never got through
 

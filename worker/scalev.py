@@ -104,7 +104,7 @@ def _read_environment_once(session: requests.Session, base_url: str) -> None:
     """What requests would read from the environment for each request, read once.
 
     With ``trust_env`` on, every request scans the whole environment for proxy variables
-    (twice) and looks for a ~/.netrc: about 150 µs of CPU per POST, a quarter of the
+    (twice) and looks for a ~/.netrc: 100-150 µs of CPU per POST, a fifth of the
     client's, measured (bench/http_deadline.py). Every request here goes to one base
     URL, so its proxies (NO_PROXY honoured) and CA bundle are the same each time. A
     ~/.netrc is not wanted at all: it would add an Authorization header to the POST.
@@ -192,7 +192,7 @@ class ScalevClient:
                 f"(cut after {seconds:.2f}s)"
             )
             # A server that answers this slowly holds a worker: worth a line of its own.
-            log.warning("%s; the job is retried", message)
+            log.warning("%s; retryable", message)
             return RetryableError(message)
         if isinstance(exc, requests.Timeout):
             return RetryableError(f"Scalev did not answer in time: {type(exc).__name__}")
