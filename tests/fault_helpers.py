@@ -24,14 +24,17 @@ from tests.conftest import STORE, Sandbox, wait_until
 from worker.deadletter import DeadLetterStore
 
 #: Short enough that a killed worker's jobs come back within a test, long enough to hold
-#: (the app refuses a visibility timeout not above the longest task run: 3 requests at
-#: connect + read, plus the max sleep = 19 s).
+#: (the app refuses a visibility timeout not above the hard time limit of a task run).
+#: The derived limits (3 requests cut at connect + read, the max sleep, Redis allowance)
+#: would be above 20 s; the sandbox answers in milliseconds, so explicit ones fit here.
 FAULT_ENV = {
     "SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS": "20",
     "SNACKVIDEO_UNACKED_RESTORE_INTERVAL_SECONDS": "2",
     "SNACKVIDEO_HTTP_CONNECT_TIMEOUT_SECONDS": "1",
     "SNACKVIDEO_HTTP_READ_TIMEOUT_SECONDS": "5",
     "SNACKVIDEO_MAX_SLEEP_SECONDS": "1",
+    "SNACKVIDEO_TASK_SOFT_TIME_LIMIT_SECONDS": "14",
+    "SNACKVIDEO_TASK_TIME_LIMIT_SECONDS": "17",
 }
 VISIBILITY_TIMEOUT_SECONDS = float(FAULT_ENV["SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS"])
 RESTORE_INTERVAL_SECONDS = float(FAULT_ENV["SNACKVIDEO_UNACKED_RESTORE_INTERVAL_SECONDS"])

@@ -200,7 +200,12 @@ def test_the_sandbox_env_file_runs_the_demo_end_to_end(services: dict[str, Any])
     worker_env = resolved(services["worker"], env)
     sandbox_port = resolved(services["sandbox"], env)["SANDBOX_PORT"]
     assert worker_env["SCALEV_API_BASE_URL"] == f"http://sandbox:{sandbox_port}"
+    # Plain http to a host that is not loopback: refused unless the profile opts in.
+    without_opt_in = {**worker_env, "SNACKVIDEO_ALLOW_INSECURE_HTTP": ""}
+    with pytest.raises(ValueError, match="SNACKVIDEO_ALLOW_INSECURE_HTTP"):
+        Settings.from_env(without_opt_in)
     settings = Settings.from_env(worker_env)  # empty values fall back to the defaults
+    assert settings.allow_insecure_http
     assert settings.redis_url == "redis://redis:6379/0"
     assert settings.api_key_for("demo_store") == DEFAULT_STORES["demo_store"]
     assert settings.metrics_port == 9808
@@ -213,7 +218,7 @@ def test_production_points_at_scalev_without_the_sandbox(services: dict[str, Any
     assert "COMPOSE_PROFILES" not in env
     worker_env = resolved(services["worker"], env)
     assert worker_env["SCALEV_API_BASE_URL"] == "https://api.scalev.com"
-    Settings.from_env(worker_env)
+    assert not Settings.from_env(worker_env).allow_insecure_http
     # Nothing set: compose refuses to start rather than guess where events go.
     with pytest.raises(LookupError, match="SCALEV_API_BASE_URL"):
         resolved(services["worker"], {})

@@ -343,20 +343,24 @@ def test_throttle_sleeps_are_capped_per_run_then_the_job_is_parked(
 
 def test_the_visibility_bound_covers_every_request_of_a_run() -> None:
     settings = Settings()
-    assert settings.min_visibility_timeout_seconds == pytest.approx(3 * (3.05 + 10.0) + 5.0)
+    # 3 requests cut at connect + read (+1 s slack), the max sleep, 10 s of Redis calls.
+    assert settings.longest_run_seconds == pytest.approx(3 * (3.05 + 10.0 + 1.0) + 5.0 + 10.0)
+    assert settings.soft_time_limit_seconds > settings.longest_run_seconds
+    assert settings.min_visibility_timeout_seconds == settings.hard_time_limit_seconds
+    assert settings.hard_time_limit_seconds == pytest.approx(77.15)
     assert settings.visibility_timeout_seconds > settings.min_visibility_timeout_seconds
-    # 40 s covers one request and the max sleep, not three requests: refused at start.
+    # 60 s covers the longest run but not the hard time limit: refused at start.
     refused = subprocess.run(
         [PYTHON, "-c", "import worker.app"],
         cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS": "40"},
+        env={"PATH": "/usr/bin:/bin", "SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS": "60"},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert refused.returncode != 0
     assert "SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS must exceed" in refused.stderr
-    assert "(44.15s)" in refused.stderr
+    assert "(77.15s:" in refused.stderr
 
 
 # -- redelivered messages --------------------------------------------------------------------

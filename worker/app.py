@@ -13,17 +13,21 @@ from typing import Any
 from celery import Celery, bootsteps
 from kombu.entity import Exchange, Queue
 
-from producers.keys import DELIVERY_QUEUE
+from producers.keys import DELIVER_TASK, DELIVERY_QUEUE
 from worker import celery_logs  # noqa: F401 (connects its logging signal handlers)
 from worker.connections import redis_client
 from worker.keys import CONTROL_QUEUE, REDRIVE_TASK
 from worker.metrics import MetricsServerStep
 from worker.scheduler import DelayedJobs, DueJobMover
-from worker.settings import MAX_REQUESTS_PER_RUN, get_settings
+from worker.settings import get_settings
 from worker.skew import ClockSkewStep
 from worker.transport import register_transport
 
-settings = get_settings()
+try:
+    settings = get_settings()
+except ValueError as exc:
+    # One line naming the variable, not an import traceback (celery, the CLI, Flower).
+    raise SystemExit(str(exc)) from None
 # redis:// now means kombu's Redis transport with the guards of worker.transport.
 register_transport()
 
@@ -61,6 +65,19 @@ app.conf.update(
     task_ignore_result=True,
     task_acks_late=True,
     task_reject_on_worker_lost=True,
+    # Time limits of one delivery run (prefork only: the threads pool enforces none; there
+    # the request deadline alone bounds a run). Soft: SoftTimeLimitExceeded, and the task
+    # parks the job with backoff (worker.tasks). Hard: the pool child is killed; with
+    # acks_on_timeout off Celery requeues the message (Request.on_timeout and on_failure
+    # reject it with requeue) instead of acking it, Celery's default, which would drop a
+    # job that has no outcome. Only the delivery task: a redrive run may take longer.
+    task_annotations={
+        DELIVER_TASK: {
+            "soft_time_limit": settings.soft_time_limit_seconds,
+            "time_limit": settings.hard_time_limit_seconds,
+            "acks_on_timeout": False,
+        }
+    },
     worker_prefetch_multiplier=1,
     # Flower builds its view from these events.
     worker_send_task_events=settings.task_events,
@@ -94,12 +111,19 @@ app.conf.update(
     worker_redirect_stdouts=False,
 )
 
+if settings.soft_time_limit_seconds >= settings.hard_time_limit_seconds:
+    raise SystemExit(
+        "invalid configuration: SNACKVIDEO_TASK_SOFT_TIME_LIMIT_SECONDS "
+        f"({settings.soft_time_limit_seconds:g}s) must be below "
+        f"SNACKVIDEO_TASK_TIME_LIMIT_SECONDS ({settings.hard_time_limit_seconds:g}s), "
+        "or a run is killed before it can park its job"
+    )
 if settings.visibility_timeout_seconds <= settings.min_visibility_timeout_seconds:
-    raise ValueError(
-        "invalid configuration: SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS must exceed the "
-        f"longest task run: {MAX_REQUESTS_PER_RUN} requests at the HTTP connect + read "
-        "timeouts plus SNACKVIDEO_MAX_SLEEP_SECONDS "
-        f"({settings.min_visibility_timeout_seconds:g}s), or a slow job runs twice"
+    raise SystemExit(
+        "invalid configuration: SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS must exceed the hard "
+        f"time limit of a task run ({settings.min_visibility_timeout_seconds:g}s: "
+        "SNACKVIDEO_TASK_TIME_LIMIT_SECONDS, by default derived from the HTTP timeouts and "
+        "SNACKVIDEO_MAX_SLEEP_SECONDS), or a slow job runs twice"
     )
 
 

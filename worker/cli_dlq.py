@@ -190,6 +190,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("click_id", entry.click_id or "-"),
         ("reason", entry.reason),
         ("status_code", entry.status_code if entry.status_code is not None else "-"),
+        *([("location", entry.location)] if entry.location is not None else []),
         ("attempts", entry.attempts),
         ("replay_count", entry.replay_count),
         ("enqueued_at", _time(entry.enqueued_at)),

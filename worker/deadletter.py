@@ -86,6 +86,9 @@ class DeadLetter:
     dead_lettered_at: float = field(default_factory=time.time)
     replay_count: int = 0
     id: str = ""
+    # A 3xx answer's Location (never followed). Only a redirect's entry has the key, so
+    # every other entry keeps the design's fields; entries written before it load with None.
+    location: str | None = None
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -97,13 +100,20 @@ class DeadLetter:
         return value if isinstance(value, str) else None
 
     def to_dict(self) -> dict[str, Any]:
-        """The entry's fields as DESIGN.md lists them, ``id`` first (``dlq list --json``)."""
-        data = asdict(self)
+        """The entry's fields as DESIGN.md lists them, ``id`` first (``dlq list --json``),
+        then ``location`` for a redirect."""
+        data = self._fields()
         return {"id": data.pop("id"), **data}
 
     def to_json(self) -> str:
         # default=repr: an unreadable job may hold anything; the entry must still be stored.
-        return json.dumps(asdict(self), separators=(",", ":"), default=repr)
+        return json.dumps(self._fields(), separators=(",", ":"), default=repr)
+
+    def _fields(self) -> dict[str, Any]:
+        data = asdict(self)
+        if data["location"] is None:
+            del data["location"]
+        return data
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> DeadLetter:

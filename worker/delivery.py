@@ -23,7 +23,14 @@ from producers.models import JobMessage, validate_job
 from worker import metrics
 from worker.backoff import backoff
 from worker.deadletter import DeadLetter, DeadLetterStore, invalid_entry_id
-from worker.errors import DeadLettered, DeliveryError, PermanentError, RateLimited, RetryableError
+from worker.errors import (
+    DeadLettered,
+    DeliveryError,
+    PermanentError,
+    RateLimited,
+    RedirectRefused,
+    RetryableError,
+)
 from worker.marks import JobMarks
 from worker.scalev import ScalevClient
 from worker.scheduler import DelayedJobs
@@ -111,6 +118,13 @@ class Dispatcher:
             )
         return self._send(job, api_key, marks, scope, redelivered=redelivered)
 
+    def cut_short(self, kwargs: dict[str, Any], why: str) -> Outcome:
+        """The run was stopped before it decided (Celery's soft time limit): park the job
+        with backoff and a counted attempt, as for a timeout; ``DeadLettered`` when that
+        was its last attempt. A job parked or delivered already is only parked again, and
+        the next run's done-check skips it."""
+        return self._failed(validate_job(kwargs), RetryableError(why))
+
     # -- steps ---------------------------------------------------------------------
 
     def _throttle_scope(self, job: JobMessage) -> str:
@@ -186,7 +200,10 @@ class Dispatcher:
     def _failed(self, job: JobMessage, exc: DeliveryError) -> Outcome:
         if isinstance(exc, PermanentError):
             reason = f"http_{exc.status_code}"
-            return self._dead_letter(job, reason, exc.status_code, exc.body or str(exc))
+            location = exc.location if isinstance(exc, RedirectRefused) else None
+            return self._dead_letter(
+                job, reason, exc.status_code, exc.body or str(exc), location=location
+            )
         assert isinstance(exc, RetryableError)
         attempts = job.attempts + 1
         if attempts >= self.settings.max_attempts:
@@ -234,6 +251,7 @@ class Dispatcher:
         error: str,
         *,
         attempts: int | None = None,
+        location: str | None = None,
     ) -> Outcome:
         entry = DeadLetter(
             job_id=job.job_id,
@@ -246,6 +264,7 @@ class Dispatcher:
             enqueued_at=job.enqueued_at,
             dead_lettered_at=self.clock(),
             replay_count=job.replay_count,
+            location=location,
         )
         self._store(entry)
         click_id = entry.click_id

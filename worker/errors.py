@@ -3,8 +3,10 @@
     DispatchError (producers.errors)
     ├── InvalidEvent, EnqueueError      producer side, see producers.errors
     └── DeliveryError                   one delivery attempt did not end in a 2xx
-        ├── RetryableError              may heal on its own: 408, 425, 5xx, timeout, connection
+        ├── RetryableError              may heal on its own: 408, 425, 5xx, timeout, connection,
+        │                               a request cut at its deadline
         ├── PermanentError              will fail the same way again: 400, 401, 403, 404, other 4xx
+        │   └── RedirectRefused         any 3xx: never followed (it would carry the key elsewhere)
         └── RateLimited                 429: wait for the advertised reset; spends no attempt
     DeadLettered                        ends the Celery task in FAILURE once the job is parked
 
@@ -40,6 +42,25 @@ class RetryableError(DeliveryError):
 
 class PermanentError(DeliveryError):
     """Raised when Scalev refused the event in a way a retry cannot change (4xx)."""
+
+
+class RedirectRefused(PermanentError):
+    """Raised when Scalev answered 3xx. Following it would re-send the event, and the
+    storefront key header with it, to wherever ``Location`` points (requests strips only
+    ``Authorization`` across hosts), or turn the POST into a bodiless GET that a 200 would
+    report as delivered. ``location`` is kept for the dead-letter entry."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        body: str = "",
+        headers: dict[str, str] | None = None,
+        location: str | None = None,
+    ) -> None:
+        super().__init__(message, status_code=status_code, body=body, headers=headers)
+        self.location = location
 
 
 class RateLimited(DeliveryError):

@@ -101,6 +101,12 @@ class Metrics:
             "429 answers from Scalev (each one, including those retried within a run).",
             registry=registry,
         )
+        self.redirects_refused = Counter(
+            "snackvideo_redirects_refused",
+            "3xx answers from Scalev, never followed (the job is dead-lettered), by status.",
+            ["status"],
+            registry=registry,
+        )
         self.delivery_seconds = Histogram(
             "snackvideo_delivery_seconds",
             "Duration of each HTTP request to Scalev, any answer, timeouts included.",
@@ -177,6 +183,10 @@ def record_redelivered_delivery() -> None:
 
 def record_rate_limited() -> None:
     _safely(lambda m: m.rate_limited.inc())
+
+
+def record_redirect_refused(status_code: int) -> None:
+    _safely(lambda m: m.redirects_refused.labels(str(status_code)).inc())
 
 
 def observe_http_seconds(seconds: float) -> None:

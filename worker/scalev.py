@@ -1,19 +1,45 @@
-"""The Scalev HTTP client: one reused session, explicit timeouts, and one place where
-responses and ``requests`` exceptions become this project's outcome types.
+"""The Scalev HTTP client: one reused session, explicit timeouts, a hard deadline per
+request, and one place where responses and ``requests`` exceptions become this project's
+outcome types.
+
+Two things a hostile or broken server must not be able to do:
+
+- Send the event, and the storefront key with it, somewhere else. Redirects are never
+  followed (``allow_redirects=False``); a 3xx is a permanent failure that keeps its
+  ``Location`` for the dead-letter entry (``RedirectRefused``).
+- Hold a worker. requests' timeouts bound each socket read, not the request; the
+  watchdog (``worker.request_deadline``) cuts the request at connect + read timeout, name
+  resolution included (``worker.guarded_connections``). A cut request is a
+  ``RetryableError``.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urljoin, urlsplit
 
 import requests
+import urllib3
 
 from worker import metrics
-from worker.errors import DeliveryError, PermanentError, RateLimited, RetryableError
+from worker.errors import (
+    DeliveryError,
+    PermanentError,
+    RateLimited,
+    RedirectRefused,
+    RetryableError,
+)
+from worker.guarded_connections import DeadlineAdapter
+from worker.request_deadline import CURRENT_GUARD, Resolve, watchdog
+from worker.resolver import bounded_resolver
+
+log = logging.getLogger("snackvideo.scalev")
 
 API_KEY_HEADER = "X-Scalev-Storefront-Api-Key"
 EVENTS_PATH = "/v3/stores/{store_id}/public/analytics/snackvideo/events"
@@ -21,6 +47,18 @@ EVENTS_PATH = "/v3/stores/{store_id}/public/analytics/snackvideo/events"
 # concurrent write on Scalev's side) is retried with backoff like 408 and 425.
 RETRYABLE_4XX = frozenset({408, 409, 425})
 USER_AGENT = "snackvideo-dispatch/0.1"
+#: A Location longer than this is cut before it is kept (it comes from the server).
+LOCATION_MAX_CHARS = 2000
+#: What an echoed storefront key is replaced with in anything kept from a response.
+REDACTED = "[redacted]"
+# What a request can fail with once the watchdog shut its socket down, wherever it was:
+# requests wraps most of it, the rest is listed so no cut request escapes as a crash.
+_TRANSPORT_ERRORS = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+)
 
 
 @dataclass(frozen=True)
@@ -36,15 +74,58 @@ def events_url(base_url: str, store_id: str) -> str:
 
 
 def classify(status_code: int, body: str, headers: dict[str, str]) -> Delivered | DeliveryError:
-    """Map one HTTP answer onto the outcomes table of DESIGN.md."""
+    """Map one HTTP answer onto the outcomes table of DESIGN.md (3xx: never followed)."""
     if 200 <= status_code < 300:
         return Delivered(status_code, headers)
     message = f"Scalev answered {status_code}"
+    if 300 <= status_code < 400:
+        location = headers.get("location")
+        return RedirectRefused(
+            f"{message}; redirects are not followed",
+            status_code=status_code,
+            body=body,
+            headers=headers,
+            location=location[:LOCATION_MAX_CHARS] if location is not None else None,
+        )
     if status_code == 429:
         return RateLimited(message, status_code=status_code, body=body, headers=headers)
     if status_code >= 500 or status_code in RETRYABLE_4XX:
         return RetryableError(message, status_code=status_code, body=body, headers=headers)
     return PermanentError(message, status_code=status_code, body=body, headers=headers)
+
+
+def redact(text: str, secret: str) -> str:
+    """A hostile server may echo the key it was sent (in a body, in a Location): what this
+    project keeps from a response must never hold it."""
+    return text.replace(secret, REDACTED) if secret and secret in text else text
+
+
+def _read_environment_once(session: requests.Session, base_url: str) -> None:
+    """What requests would read from the environment for each request, read once.
+
+    With ``trust_env`` on, every request scans the whole environment for proxy variables
+    (twice) and looks for a ~/.netrc: 100-150 µs of CPU per POST, a fifth of the
+    client's, measured (bench/http_deadline.py). Every request here goes to one base
+    URL, so its proxies (NO_PROXY honoured) and CA bundle are the same each time. A
+    ~/.netrc is not wanted at all: it would add an Authorization header to the POST.
+    """
+    if not session.trust_env:
+        return
+    session.proxies.update(requests.utils.get_environ_proxies(base_url))
+    ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if ca_bundle and session.verify is True:
+        session.verify = ca_bundle
+    session.trust_env = False
+
+
+def _location_host(url: str, location: str | None) -> str:
+    """The host a Location points to (a relative one: this host), for the log line."""
+    if not location:
+        return "-"
+    try:
+        return urlsplit(urljoin(url, location)).hostname or "-"
+    except ValueError:  # not even a URL: nothing to name
+        return "?"
 
 
 class ScalevClient:
@@ -57,37 +138,83 @@ class ScalevClient:
         connect_timeout_seconds: float,
         read_timeout_seconds: float,
         session: requests.Session | None = None,
+        resolver: Resolve | None = None,
     ) -> None:
         self.base_url = base_url
         self.timeout = (connect_timeout_seconds, read_timeout_seconds)
+        # The whole request, name resolution to the last byte of the body.
+        self.deadline_seconds = connect_timeout_seconds + read_timeout_seconds
+        self.resolver: Resolve = resolver or bounded_resolver()
         self.session = session or requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
+        _read_environment_once(self.session, base_url)
+        adapter = DeadlineAdapter()
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
 
     def send(self, store_id: str, api_key: str, payload: dict[str, Any]) -> Delivered:
         """POST one event; return on 2xx, raise a ``DeliveryError`` subclass otherwise."""
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        url = events_url(self.base_url, store_id)
         started = time.perf_counter()
+        guard = watchdog().arm(self.deadline_seconds, self.resolver)
+        token = CURRENT_GUARD.set(guard)
+        failure: BaseException | None = None
         try:
             response = self.session.post(
-                events_url(self.base_url, store_id),
+                url,
                 data=body,
                 headers={API_KEY_HEADER: api_key, "Content-Type": "application/json"},
                 timeout=self.timeout,
+                allow_redirects=False,
             )
-        except requests.Timeout as exc:
-            raise RetryableError(f"Scalev did not answer in time: {type(exc).__name__}") from exc
-        except requests.ConnectionError as exc:
-            raise RetryableError(f"could not reach Scalev: {type(exc).__name__}") from exc
-        except requests.RequestException as exc:
-            raise RetryableError(f"request to Scalev failed: {type(exc).__name__}") from exc
+        except _TRANSPORT_ERRORS as exc:
+            failure = exc
         finally:
+            CURRENT_GUARD.reset(token)
+            cut = watchdog().disarm(guard)
             metrics.observe_http_seconds(time.perf_counter() - started)
+        if failure is not None:
+            raise self._transport_error(failure, cut, time.perf_counter() - started) from failure
         # Lower-cased once here: header names are case-insensitive and the throttle reads them.
         headers = {name.lower(): value for name, value in response.headers.items()}
-        outcome = classify(response.status_code, response.text, headers)
+        if 300 <= response.status_code < 400:
+            headers = self._refuse_redirect(response.status_code, headers, url, api_key)
+        outcome = classify(response.status_code, redact(response.text, api_key), headers)
         if isinstance(outcome, DeliveryError):
             raise outcome
         return outcome
+
+    def _transport_error(self, exc: BaseException, cut: bool, seconds: float) -> RetryableError:
+        if cut:
+            message = (
+                f"request to Scalev exceeded its deadline of {self.deadline_seconds:g}s "
+                f"(cut after {seconds:.2f}s)"
+            )
+            # A server that answers this slowly holds a worker: worth a line of its own.
+            log.warning("%s; retryable", message)
+            return RetryableError(message)
+        if isinstance(exc, requests.Timeout):
+            return RetryableError(f"Scalev did not answer in time: {type(exc).__name__}")
+        if isinstance(exc, requests.ConnectionError):
+            return RetryableError(f"could not reach Scalev: {type(exc).__name__}")
+        return RetryableError(f"request to Scalev failed: {type(exc).__name__}")
+
+    def _refuse_redirect(
+        self, status_code: int, headers: dict[str, str], url: str, api_key: str
+    ) -> dict[str, str]:
+        location = headers.get("location")
+        if location is not None:
+            location = redact(location, api_key)
+            headers = {**headers, "location": location}
+        metrics.record_redirect_refused(status_code)
+        log.warning(
+            "redirect refused: status=%s location_host=%s (not followed: the event and its "
+            "key stay here; the job is dead-lettered)",
+            status_code,
+            _location_host(url, location),
+        )
+        return headers
 
     def close(self) -> None:
         self.session.close()

@@ -6,12 +6,22 @@ a log, a traceback or a debugger shows ``**********`` instead of the key.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
 from functools import lru_cache
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_SCALEV_API_BASE_URL = "https://api.scalev.com"
@@ -21,6 +31,19 @@ DEFAULT_SCALEV_API_BASE_URL = "https://api.scalev.com"
 MAX_REQUESTS_PER_RUN = 3
 #: A tombstone of a taken dead-letter entry lives at least this long (dlq_taken_ttl_seconds).
 MIN_DLQ_TAKEN_TTL_SECONDS = 600.0
+#: How late after its deadline a cut request has ended: the watchdog's wake-up and the
+#: socket teardown (measured in milliseconds; a second is the bound the tests hold it to).
+REQUEST_DEADLINE_SLACK_SECONDS = 1.0
+#: The Redis calls of one run, should Redis be slow: two of the worker's 5 s socket
+#: timeouts (worker.connections). A run slower than that is cut by the soft limit.
+REDIS_CALLS_ALLOWANCE_SECONDS = 10.0
+#: The default soft time limit is this far above the longest legitimate run.
+SOFT_TIME_LIMIT_MARGIN_SECONDS = 5.0
+#: The default hard time limit is this far above the soft one: time for the run to park
+#: its job after the soft limit (one Redis write, at most a socket timeout, and margin).
+HARD_TIME_LIMIT_GRACE_SECONDS = 15.0
+#: Base URL hosts that may be plain http: the key never leaves this machine.
+LOOPBACK_NAMES = frozenset({"localhost"})
 
 # environment variable -> field name
 _ENV = {
@@ -51,6 +74,9 @@ _ENV = {
     "SNACKVIDEO_THROTTLE": "throttle_enabled",
     "SNACKVIDEO_CELERY_TASK_LOG": "celery_task_log",
     "SNACKVIDEO_TASK_EVENTS": "task_events",
+    "SNACKVIDEO_ALLOW_INSECURE_HTTP": "allow_insecure_http",
+    "SNACKVIDEO_TASK_SOFT_TIME_LIMIT_SECONDS": "task_soft_time_limit_seconds",
+    "SNACKVIDEO_TASK_TIME_LIMIT_SECONDS": "task_time_limit_seconds",
 }
 
 
@@ -58,6 +84,9 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     redis_url: str = DEFAULT_REDIS_URL
+    # Declared before the base URL, whose validator reads it. http:// to a host other
+    # than this machine sends the storefront key in clear: refused unless this is on.
+    allow_insecure_http: bool = False
     scalev_api_base_url: str = DEFAULT_SCALEV_API_BASE_URL
     storefront_api_keys: dict[str, SecretStr] = Field(default_factory=dict)
     storefront_api_key: SecretStr | None = None
@@ -70,11 +99,15 @@ class Settings(BaseModel):
     redrive_interval_seconds: float = Field(900.0, gt=0)
     metrics_port: int = Field(9808, ge=0, le=65535)
 
-    # One POST never takes longer than connect + read, and a run sleeps for throttle slots
-    # at most max_sleep in all; the visibility timeout must exceed the longest run
-    # (min_visibility_timeout_seconds), or Redis hands the job to a second worker.
+    # One request is cut at connect + read (request_deadline_seconds), and a run sleeps
+    # for throttle slots at most max_sleep in all. Celery's soft time limit sits above the
+    # longest legitimate run, the hard limit above that, and the visibility timeout above
+    # the hard limit (min_visibility_timeout_seconds), or Redis hands a running job to a
+    # second worker. Unset time limits are derived from the timeouts.
     http_connect_timeout_seconds: float = Field(3.05, gt=0)
     http_read_timeout_seconds: float = Field(10.0, gt=0)
+    task_soft_time_limit_seconds: float | None = Field(None, gt=0)
+    task_time_limit_seconds: float | None = Field(None, gt=0)
     max_sleep_seconds: float = Field(5.0, ge=0)
     visibility_timeout_seconds: float = Field(120.0, gt=0)
     unacked_restore_interval_seconds: float = Field(10.0, gt=0)
@@ -109,7 +142,20 @@ class Settings(BaseModel):
 
     @field_validator("scalev_api_base_url")
     @classmethod
-    def _strip_slash(cls, value: str) -> str:
+    def _safe_base_url(cls, value: str, info: ValidationInfo) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if (
+            parts.scheme == "http"
+            and not _is_loopback(parts.hostname)
+            and not info.data.get("allow_insecure_http", False)
+        ):
+            raise ValueError(
+                "http:// would send the storefront API key in clear to "
+                f"{parts.hostname}; use https://, or set SNACKVIDEO_ALLOW_INSECURE_HTTP=1 "
+                "for a trusted private network (loopback hosts need neither)"
+            )
         return value.rstrip("/")
 
     @field_validator("throttle_scope")
@@ -127,11 +173,39 @@ class Settings(BaseModel):
         return value
 
     @property
+    def request_deadline_seconds(self) -> float:
+        """When the watchdog cuts one request, name resolution to the last body byte."""
+        return self.http_connect_timeout_seconds + self.http_read_timeout_seconds
+
+    @property
+    def longest_run_seconds(self) -> float:
+        """The longest one task run legitimately takes: every request it may send cut at
+        its deadline, its throttle waits (capped at max_sleep for the whole run), and its
+        Redis calls at their socket timeouts."""
+        per_request = self.request_deadline_seconds + REQUEST_DEADLINE_SLACK_SECONDS
+        run = MAX_REQUESTS_PER_RUN * per_request + self.max_sleep_seconds
+        return round(run + REDIS_CALLS_ALLOWANCE_SECONDS, 3)
+
+    @property
+    def soft_time_limit_seconds(self) -> float:
+        """Celery's soft limit of one delivery run: the run is stopped and parks its job."""
+        if self.task_soft_time_limit_seconds is not None:
+            return self.task_soft_time_limit_seconds
+        return round(self.longest_run_seconds + SOFT_TIME_LIMIT_MARGIN_SECONDS, 3)
+
+    @property
+    def hard_time_limit_seconds(self) -> float:
+        """Celery's hard limit: the pool child is killed and the message requeued."""
+        if self.task_time_limit_seconds is not None:
+            return self.task_time_limit_seconds
+        return round(self.soft_time_limit_seconds + HARD_TIME_LIMIT_GRACE_SECONDS, 3)
+
+    @property
     def min_visibility_timeout_seconds(self) -> float:
-        """The longest one task run holds its message: every request it may send at its
-        full timeouts, plus its throttle waits (capped at max_sleep for the whole run)."""
-        per_request = self.http_connect_timeout_seconds + self.http_read_timeout_seconds
-        return MAX_REQUESTS_PER_RUN * per_request + self.max_sleep_seconds
+        """The longest one task run can hold its message: the hard time limit. (The threads
+        pool enforces no time limit; there a run is bounded by ``longest_run_seconds``,
+        which the derived limits stay above.)"""
+        return self.hard_time_limit_seconds
 
     @property
     def delivered_marker_ttl_seconds(self) -> int:
@@ -174,6 +248,15 @@ class Settings(BaseModel):
                 for err in exc.errors(include_input=False)
             )
             raise ValueError(f"invalid configuration: {problems}") from None
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _parse_key_map(raw: str) -> dict[str, str]:

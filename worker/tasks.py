@@ -8,7 +8,7 @@ from functools import cache
 from typing import Any
 
 import redis
-from celery.exceptions import Reject, Retry
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
 from producers.keys import DELIVER_TASK
@@ -55,9 +55,15 @@ def deliver(self: Any, *args: Any, **kwargs: Any) -> str:
     # run sends it, it may be the job's second delivery, and it is counted as such.
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     try:
-        outcome = get_dispatcher().deliver(
-            args, kwargs, task_id=self.request.id, redelivered=redelivered
-        )
+        try:
+            outcome = get_dispatcher().deliver(
+                args, kwargs, task_id=self.request.id, redelivered=redelivered
+            )
+        except SoftTimeLimitExceeded:
+            # The run outlived its soft limit (worker.app; prefork only): it still ends in
+            # an outcome, the job parked with backoff. The hard limit would requeue it.
+            log.warning("soft time limit: parking job %s", kwargs.get("job_id"))
+            outcome = get_dispatcher().cut_short(kwargs, "task run exceeded its soft time limit")
     except redis.RedisError as exc:
         # Redis is where the job would be parked or marked: without it nothing can be
         # decided. Requeue (or, if even that fails, leave it unacked for the visibility
