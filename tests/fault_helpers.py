@@ -35,6 +35,12 @@ FAULT_ENV = {
 }
 VISIBILITY_TIMEOUT_SECONDS = float(FAULT_ENV["SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS"])
 RESTORE_INTERVAL_SECONDS = float(FAULT_ENV["SNACKVIDEO_UNACKED_RESTORE_INTERVAL_SECONDS"])
+
+#: For the crash-recovery tests: the visibility timeout at its production length, so that
+#: only the consumer heartbeat sweep (worker.ownership) can explain a fast recovery.
+RECOVERY_ENV = {**FAULT_ENV, "SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS": "120"}
+#: What the project promises after a worker is killed or Redis comes back (seconds).
+RECOVERY_BOUND_SECONDS = 30.0
 #: Generous: two cores shared with other test runs.
 SETTLE_SECONDS = 120.0
 

@@ -43,6 +43,7 @@ import redis
 
 from producers.message import build_message
 from producers.models import JOB_SCHEMA_VERSION
+from worker.bounded_json import bounded_json
 from worker.keys import (
     DELIVERY_QUEUE,
     DLQ_ENTRIES,
@@ -62,6 +63,8 @@ DEFAULT_MAX_ENTRIES = 100_000
 DEFAULT_MAX_AGE_SECONDS = 30 * 86_400.0
 #: Tombstone lifetime with the default settings (``Settings.dlq_taken_ttl_seconds``).
 DEFAULT_TAKEN_TTL_SECONDS = 600.0
+#: Text kept of a payload JSON cannot hold (``Settings.dlq_error_max_chars``).
+DEFAULT_RAW_MAX_CHARS = 2_000
 
 
 def entry_id(job_id: str, replay_count: int) -> str:
@@ -101,9 +104,18 @@ class DeadLetter:
         data = asdict(self)
         return {"id": data.pop("id"), **data}
 
-    def to_json(self) -> str:
-        # default=repr: an unreadable job may hold anything; the entry must still be stored.
-        return json.dumps(asdict(self), separators=(",", ":"), default=repr)
+    def to_json(self, *, raw_max_chars: int = DEFAULT_RAW_MAX_CHARS) -> str:
+        # Shallow on purpose: asdict() would copy the payload level by level.
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        try:
+            # default=repr: an unreadable job may hold anything; the entry must be stored.
+            return json.dumps(data, separators=(",", ":"), default=repr)
+        except (RecursionError, ValueError):
+            # A payload nested deeper than json.dumps recurses (or a cycle): keep its
+            # text, cut like an unreadable message's (worker.poison), and its length.
+            text, size = bounded_json(self.payload, raw_max_chars)
+            data["payload"] = {"raw": text, "raw_chars": size}
+            return json.dumps(data, separators=(",", ":"), default=repr)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> DeadLetter:
@@ -142,11 +154,13 @@ class DeadLetterStore:
         max_entries: int = DEFAULT_MAX_ENTRIES,
         max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
         taken_ttl_seconds: float = DEFAULT_TAKEN_TTL_SECONDS,
+        raw_max_chars: int = DEFAULT_RAW_MAX_CHARS,
     ) -> None:
         self.client = client
         self.max_entries = max_entries
         self.max_age_seconds = max_age_seconds
         self.taken_ttl_seconds = taken_ttl_seconds
+        self.raw_max_chars = raw_max_chars
         self._add = client.register_script(lua_source("dlq_add"))
         self._take = client.register_script(lua_source("dlq_take"))
 
@@ -157,6 +171,7 @@ class DeadLetterStore:
             max_entries=settings.dlq_max_entries,
             max_age_seconds=settings.dlq_max_age_seconds,
             taken_ttl_seconds=settings.dlq_taken_ttl_seconds,
+            raw_max_chars=settings.dlq_error_max_chars,
         )
 
     # -- writing -----------------------------------------------------------------------
@@ -179,7 +194,7 @@ class DeadLetterStore:
             entry_args = [
                 entry.id,
                 entry.dead_lettered_at,
-                entry.to_json(),
+                entry.to_json(raw_max_chars=self.raw_max_chars),
                 entry.reason,
                 entry.store_id,
             ]

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from producers.message import build_message
-from worker.keys import DELIVERY_QUEUE, SCHEDULED, SCHEDULED_MESSAGES
+from worker.keys import DELIVERY_QUEUE, SCHEDULED, SCHEDULED_MESSAGES, generation_key
 from worker.lua_scripts import lua_source
 
 log = logging.getLogger(__name__)
@@ -30,10 +30,27 @@ class DelayedJobs:
         self._schedule = client.register_script(lua_source("schedule"))
         self._move_due = client.register_script(lua_source("move_due"))
 
-    def schedule(self, job_kwargs: dict[str, Any], due_at: float) -> None:
+    def schedule(
+        self, job_kwargs: dict[str, Any], due_at: float, *, generation_ttl_seconds: int = 0
+    ) -> bool:
+        """Park the job; False when a later parking of it is recorded (nothing written).
+
+        ``generation_ttl_seconds`` > 0 records the message's (replay_count, generation)
+        with that TTL in the same call (``worker.marks``); the caller sets ``generation``
+        in ``job_kwargs`` one above the run that parks it.
+        """
         job_id = job_kwargs["job_id"]
         message = build_message(job_kwargs, task_id=job_id)
-        self._schedule(keys=[SCHEDULED, SCHEDULED_MESSAGES], args=[job_id, due_at, message])
+        keys = [SCHEDULED, SCHEDULED_MESSAGES]
+        args: list[Any] = [job_id, due_at, message]
+        if generation_ttl_seconds > 0:
+            keys.append(generation_key(job_id))
+            args += [
+                int(job_kwargs.get("replay_count", 0)),
+                int(job_kwargs.get("generation", 0)),
+                generation_ttl_seconds,
+            ]
+        return bool(self._schedule(keys=keys, args=args))
 
     def move_due(self, now: float | None = None, limit: int = MOVE_BATCH) -> int:
         now = time.time() if now is None else now

@@ -7,6 +7,11 @@ message is restored to the queue for the next worker to die on: one stray messag
 would stop every worker in turn. A body that is not JSON at all is acked and logged by
 Celery, but the job is gone. Both are parked here as ``invalid_job`` and acked instead,
 as DESIGN.md promises for any message the worker cannot read.
+
+So is a body nested deeper than ``MAX_BODY_DEPTH``: Celery pickles each request for its
+pool process, pickling recurses once per level, and near 500 levels the RecursionError
+escaped as "Unrecoverable error": the worker exited, and the message, restored, took the
+next worker down too (measured with kombu 5.7 / Celery 5.7 / CPython 3.11).
 """
 
 from __future__ import annotations
@@ -18,11 +23,20 @@ import redis
 from celery.worker.strategy import default
 from kombu.exceptions import DecodeError
 
+from producers.models import MAX_PAYLOAD_DEPTH
+
 log = logging.getLogger("snackvideo.delivery")
+
+
+#: The body is [args, kwargs, embed], the payload a kwarg: its MAX_PAYLOAD_DEPTH levels
+#: plus the envelope's, with room to spare, and far below the ~500 that break pickling.
+MAX_BODY_DEPTH = MAX_PAYLOAD_DEPTH + 32
 
 
 def body_problem(body: Any) -> str | None:
     """Why ``body`` (the decoded message body) cannot be called as a task, else None."""
+    if _deeper_than(body, MAX_BODY_DEPTH):
+        return f"message body is nested deeper than {MAX_BODY_DEPTH} levels"
     if isinstance(body, dict) and "args" in body:
         return None  # a hybrid protocol-1 body; Celery reads it safely
     if not isinstance(body, list | tuple) or len(body) != 3:
@@ -35,6 +49,23 @@ def body_problem(body: Any) -> str | None:
     if embed is not None and not isinstance(embed, dict):
         return "message embed must be an object or null"
     return None
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether containers nest more than ``limit`` levels in ``value`` (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def guarded(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
