@@ -44,6 +44,18 @@ RECOVERY_BOUND_SECONDS = 30.0
 #: Generous: two cores shared with other test runs.
 SETTLE_SECONDS = 120.0
 
+#: ``tests/recovery_seam``: kills a worker's process at a chosen moment (its docstring).
+RECOVERY_SEAM_PATH = str(Path(__file__).parent / "recovery_seam")
+
+
+def seam_env(env: dict[str, str], seam: str) -> dict[str, str]:
+    """``env`` with the recovery seam on the path and ``seam`` chosen."""
+    return {
+        **env,
+        "SNACKVIDEO_TEST_SEAM": seam,
+        "PYTHONPATH": ":".join(p for p in (RECOVERY_SEAM_PATH, env.get("PYTHONPATH", "")) if p),
+    }
+
 
 def event(click_id: str) -> dict[str, Any]:
     return {

@@ -85,16 +85,19 @@ class Incarnations:
         self._lock = threading.Lock()
         self._live: list[str] = []
         self._retired: list[str] = []
+        self._client: Callable[[], redis.Redis] | None = None
         self._heartbeat: Heartbeat | None = None
 
     def adopt(self, heartbeat_seconds: float, client: Callable[[], redis.Redis]) -> str:
         """A new incarnation, live from now on; every older one of this process retires
-        (a new consuming channel replaces them: a broker reconnect)."""
+        (a new consuming channel replaces them: a broker reconnect). ``client`` makes
+        clients on the new channel's connection; the heartbeat uses it from now on."""
         incarnation = new_incarnation_id()
         with self._lock:
             self._retired += self._live
             self._live = [incarnation]
-            self._start_heartbeat(heartbeat_seconds, client)
+            self._client = client
+            self._start_heartbeat(heartbeat_seconds)
         try:
             beat(client(), [incarnation])  # at once; the thread repeats it from now on
         except redis.RedisError as exc:
@@ -117,35 +120,39 @@ class Incarnations:
         with self._lock:
             return list(self._live)
 
+    def beat(self) -> None:
+        """Refresh the heartbeat of the live incarnations (the heartbeat thread's call)."""
+        with self._lock:
+            live, client = list(self._live), self._client
+        if live and client is not None:
+            beat(client(), live)
+
     def retired(self) -> list[str]:
         with self._lock:
             return list(self._retired)
 
-    def _start_heartbeat(self, interval: float, client: Callable[[], redis.Redis]) -> None:
+    def _start_heartbeat(self, interval: float) -> None:
         # Threads do not survive a fork: a pool process that inherited a started one has
         # none (it never consumes, so it never gets here either).
         if self._heartbeat is None or self._heartbeat.pid != os.getpid():
-            self._heartbeat = Heartbeat(self, interval, client)
+            self._heartbeat = Heartbeat(self, interval)
             self._heartbeat.start()
 
 
 class Heartbeat(threading.Thread):
     """Refreshes the heartbeat of this process's live incarnations; survives outages."""
 
-    def __init__(
-        self, owner: Incarnations, interval: float, client: Callable[[], redis.Redis]
-    ) -> None:
+    def __init__(self, owner: Incarnations, interval: float) -> None:
         super().__init__(name="snackvideo-consumer-heartbeat", daemon=True)
         self.owner = owner
         self.interval = interval
-        self.client = client
         self.pid = os.getpid()
         self._failing = False
 
     def run(self) -> None:
         while True:
             try:
-                beat(self.client(), self.owner.live())
+                self.owner.beat()
                 if self._failing:
                     log.info("consumer heartbeat reaches Redis again")
                     self._failing = False

@@ -7,6 +7,7 @@ a log, a traceback or a debugger shows ``**********`` instead of the key.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from functools import lru_cache
@@ -150,6 +151,16 @@ class Settings(BaseModel):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @model_validator(mode="after")
+    def _finite_numbers(self) -> Settings:
+        # pydantic accepts "inf" and "nan" for a float; every duration and rate here must
+        # be a number (an infinite max age made each delivery raise OverflowError).
+        fields = {field: variable for variable, field in _ENV.items()}
+        for name, value in self:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{fields.get(name, name)} must be a finite number")
+        return self
 
     @model_validator(mode="after")
     def _heartbeats_before_death(self) -> Settings:

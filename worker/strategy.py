@@ -24,6 +24,7 @@ from celery.worker.strategy import default
 from kombu.exceptions import DecodeError
 
 from producers.models import MAX_PAYLOAD_DEPTH
+from worker.settings import get_settings
 
 log = logging.getLogger("snackvideo.delivery")
 
@@ -35,8 +36,6 @@ MAX_BODY_DEPTH = MAX_PAYLOAD_DEPTH + 32
 
 def body_problem(body: Any) -> str | None:
     """Why ``body`` (the decoded message body) cannot be called as a task, else None."""
-    if _deeper_than(body, MAX_BODY_DEPTH):
-        return f"message body is nested deeper than {MAX_BODY_DEPTH} levels"
     if isinstance(body, dict) and "args" in body:
         return None  # a hybrid protocol-1 body; Celery reads it safely
     if not isinstance(body, list | tuple) or len(body) != 3:
@@ -76,11 +75,19 @@ def guarded(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
         message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any
     ) -> Any:
         if body is None:  # protocol 2: the body is decoded lazily, so look before Celery does
+            raw: Any
+            problem: str | None
             try:
-                problem = body_problem(message.payload)
-                raw: Any = message.payload
+                raw = message.payload
             except DecodeError as exc:
                 problem, raw = f"message body is not valid JSON: {exc}", message.body
+            else:
+                if _deeper_than(raw, MAX_BODY_DEPTH):
+                    # Keep its text: the decoded value is as hard to store as to pickle.
+                    problem = f"message body is nested deeper than {MAX_BODY_DEPTH} levels"
+                    raw = message.body
+                else:
+                    problem = body_problem(raw)
             if problem is not None:
                 return _dead_letter(message, raw, problem, ack, reject, consumer)
         return handle(message, body, ack, reject, callbacks, **kw)
@@ -94,10 +101,14 @@ def _dead_letter(
     from worker.tasks import get_dispatcher  # the task module imports this one's users
 
     task_id = message.headers.get("id") if isinstance(message.headers, dict) else None
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", errors="replace")
+    kept: dict[str, Any] = {"job_id": task_id, "raw": raw}
+    if isinstance(raw, bytes | str):
+        # The raw text, cut like a poison item's (worker.poison), with its full length.
+        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+        limit = get_settings().dlq_error_max_chars
+        kept.update(raw=text[:limit], raw_chars=len(text))
     try:
-        get_dispatcher().dead_letter_unreadable({"job_id": task_id, "raw": raw}, problem)
+        get_dispatcher().dead_letter_unreadable(kept, problem)
     except redis.RedisError as exc:
         log.warning("cannot dead-letter unreadable message %s: %s", task_id, exc)
         reject(log, consumer.connection_errors, requeue=True)

@@ -45,7 +45,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
 from worker import ownership
-from worker.connections import redis_client, redis_clock
+from worker.clock import RedisClock
 from worker.keys import TAKEN_BY, consumer_taken_key
 from worker.poison import dead_letter_raw, envelope_problem, envelope_task_id, raw_text
 
@@ -68,7 +68,20 @@ class SafeQoS(kombu_redis.QoS):
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         #: This channel's consumer incarnation, once it consumes with acks.
         self.incarnation: str | None = None
+        self._clock: RedisClock | None = None
         self._sweep_failing = False
+
+    def _new_client(self) -> redis.Redis:
+        """A client on this channel's connection pool (thread-safe, unlike the channel)."""
+        with self.channel.conn_or_acquire() as client:
+            return client  # type: ignore[no-any-return]
+
+    @property
+    def clock(self) -> RedisClock:
+        """The Redis server's clock, as seen from this channel's connection."""
+        if self._clock is None:
+            self._clock = RedisClock(self._new_client())
+        return self._clock
 
     # -- ownership ---------------------------------------------------------------------
 
@@ -77,7 +90,7 @@ class SafeQoS(kombu_redis.QoS):
         older ones, whose messages the next sweep restores at once)."""
         if self.incarnation is None:
             self.incarnation = ownership.INCARNATIONS.adopt(
-                self.channel.consumer_heartbeat_seconds, redis_client
+                self.channel.consumer_heartbeat_seconds, self._new_client
             )
         return self.incarnation
 
@@ -88,7 +101,7 @@ class SafeQoS(kombu_redis.QoS):
         exchange, routing_key = delivery["exchange"], delivery["routing_key"]
         owner = self.incarnation or self.start_owning()
         with self.pipe_or_acquire() as pipe:
-            pipe.zadd(self.unacked_index_key, {delivery_tag: redis_clock().now()})
+            pipe.zadd(self.unacked_index_key, {delivery_tag: self.clock.now()})
             entry = dumps([message._raw, exchange, routing_key])  # type: ignore[no-untyped-call]
             pipe.hset(self.unacked_key, delivery_tag, entry)
             pipe.hset(TAKEN_BY, delivery_tag, owner)
@@ -159,7 +172,7 @@ class SafeQoS(kombu_redis.QoS):
             return
         # kombu's restore_visible, with the Redis clock instead of this host's.
         with self.channel.conn_or_acquire() as client:
-            ceil = redis_clock().now() - self.visibility_timeout
+            ceil = self.clock.now() - self.visibility_timeout
             try:
                 with Mutex(client, self.unacked_mutex_key, self.unacked_mutex_expire):
                     visible = client.zrange(
