@@ -20,7 +20,7 @@ import redis
 from kombu import Connection
 
 from producers.message import build_message
-from tests.conftest import PYTHON, ROOT, wait_until
+from tests.conftest import PYTHON, ROOT, RedisServer, wait_until
 from worker.keys import CONSUMERS, TAKEN_BY, consumer_taken_key
 from worker.transport import SafeChannel, SafeTransport
 
@@ -74,7 +74,8 @@ class Consumer:
 
     def __init__(self, redis_url: str) -> None:
         self.connection = Connection(redis_url, transport=SafeTransport, transport_options=OPTIONS)
-        self.channel: SafeChannel = self.connection.channel()
+        # The channel Celery's consumer uses: the one the connection closes with itself.
+        self.channel: SafeChannel = self.connection.default_channel
         self.channel.basic_qos(0, 1, False)
         self.taken: list[Any] = []
         self.channel.basic_consume(QUEUE, False, self.taken.append, consumer_tag="live")
@@ -216,3 +217,35 @@ def test_a_closing_channel_puts_back_what_it_holds_and_is_forgotten(
     assert redis_client.zscore(CONSUMERS, incarnation) is None
     assert not redis_client.exists(consumer_taken_key(incarnation))
     assert redis_client.hlen(TAKEN_BY) == 0 and redis_client.hlen("unacked") == 0
+
+
+def test_a_run_that_ends_after_its_channel_closed_loses_nothing(
+    own_redis: Callable[..., RedisServer],
+) -> None:
+    # Redis goes away while the consumer holds a message; Celery collects and closes the
+    # connection (nothing can be put back: Redis is away), reconnects later, and a run
+    # that kept going through it ends by requeueing its message through the closed
+    # channel. That call must not reach Redis through the dead channel (in Celery's
+    # sequence kombu 5.7 raised AttributeError there, which stopped the worker: seen in
+    # tests/test_fault_redis_restart.py); the message comes back with the retirement.
+    server = own_redis(appendonly=True)
+    client = redis.Redis.from_url(server.url)
+    push(client, "straddling")
+    old = Consumer(server.url)
+    message = old.take()
+    server.stop()
+
+    old.connection.collect()
+    old.connection.close()
+    message.reject(requeue=True)
+
+    server.start()
+    new = Consumer(server.url)
+    try:
+        new.sweep()  # the new channel's first sweep: the old consumer retired
+        assert job_ids_on_queue(client) == ["straddling"]
+        assert new.take().delivery_info["redelivered"] is True
+        assert client.zscore(CONSUMERS, old.incarnation) is None
+    finally:
+        new.close()
+        client.close()

@@ -71,14 +71,17 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,  # a worker waits out a Redis outage, however long
     # Keep deliveries running through a broker reconnect (Celery 6 flips this default):
-    # a running POST finishes and sets its delivered-marker, and the unacked copy that
-    # comes back after the visibility timeout is then not sent again. A cancelled one
-    # could die between its POST and its marker: a duplicate (docs/durability.md).
+    # a running POST finishes and sets its delivered-marker. The reconnect retires the
+    # old consumer and its messages come back at once (worker.ownership, as kombu itself
+    # does when Redis answers at the close): a copy taken while the original still runs
+    # may be sent beside it, at most the jobs in flight. A cancelled run could die
+    # between its POST and its marker: a duplicate all the same (docs/durability.md).
     worker_cancel_long_running_tasks_on_connection_loss=False,
     broker_transport_options={
         # Retries and long throttle waits live in Redis (worker.scheduler), so no message
-        # is held longer than one POST plus one short sleep: the timeout can stay short and
-        # a killed worker's jobs return within minutes, not the default hour.
+        # is held longer than one POST plus one short sleep: the timeout can stay short.
+        # It is the backstop only: a killed worker's jobs return when its heartbeat ends
+        # (worker.ownership), within seconds.
         "visibility_timeout": settings.visibility_timeout_seconds,
         # kombu's restore timer runs at the consumer heartbeat period: each tick restores
         # the jobs of consumers that died or were replaced (worker.ownership), and every

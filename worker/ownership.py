@@ -36,7 +36,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
 
 import redis
 
@@ -85,13 +84,13 @@ class Incarnations:
         self._lock = threading.Lock()
         self._live: list[str] = []
         self._retired: list[str] = []
-        self._client: Callable[[], redis.Redis] | None = None
+        self._client: redis.Redis | None = None
         self._heartbeat: Heartbeat | None = None
 
-    def adopt(self, heartbeat_seconds: float, client: Callable[[], redis.Redis]) -> str:
+    def adopt(self, heartbeat_seconds: float, client: redis.Redis) -> str:
         """A new incarnation, live from now on; every older one of this process retires
-        (a new consuming channel replaces them: a broker reconnect). ``client`` makes
-        clients on the new channel's connection; the heartbeat uses it from now on."""
+        (a new consuming channel replaces them: a broker reconnect). ``client`` is on the
+        new channel's connection pool; the heartbeat uses it from now on."""
         incarnation = new_incarnation_id()
         with self._lock:
             self._retired += self._live
@@ -99,8 +98,8 @@ class Incarnations:
             self._client = client
             self._start_heartbeat(heartbeat_seconds)
         try:
-            beat(client(), [incarnation])  # at once; the thread repeats it from now on
-        except redis.RedisError as exc:
+            beat(client, [incarnation])  # at once; the thread repeats it from now on
+        except Exception as exc:  # never fatal: the heartbeat thread registers it too
             log.warning("cannot register consumer %s yet: %s", incarnation, exc)
         return incarnation
 
@@ -125,7 +124,7 @@ class Incarnations:
         with self._lock:
             live, client = list(self._live), self._client
         if live and client is not None:
-            beat(client(), live)
+            beat(client, live)
 
     def retired(self) -> list[str]:
         with self._lock:
@@ -156,9 +155,15 @@ class Heartbeat(threading.Thread):
                 if self._failing:
                     log.info("consumer heartbeat reaches Redis again")
                     self._failing = False
-            except redis.RedisError as exc:
+            except Exception as exc:  # this thread must outlive anything: a silent
+                # heartbeat gets this live worker's jobs handed out again
                 if not self._failing:  # one warning per outage, not one per beat
-                    log.warning("consumer heartbeat cannot reach Redis: %s", exc)
+                    log.warning(
+                        "consumer heartbeat failed: %s: %s",
+                        type(exc).__name__,
+                        exc,
+                        exc_info=not isinstance(exc, redis.RedisError),
+                    )
                     self._failing = True
             time.sleep(self.interval)
 

@@ -90,7 +90,7 @@ class SafeQoS(kombu_redis.QoS):
         older ones, whose messages the next sweep restores at once)."""
         if self.incarnation is None:
             self.incarnation = ownership.INCARNATIONS.adopt(
-                self.channel.consumer_heartbeat_seconds, self._new_client
+                self.channel.consumer_heartbeat_seconds, self._new_client()
             )
         return self.incarnation
 
@@ -196,6 +196,17 @@ class SafeQoS(kombu_redis.QoS):
         # whose ack Redis refused).
         try:
             super().restore_unacked_once(stderr)  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            # After a lost connection Celery closes the channel once the transport has
+            # dropped its connection: kombu 5.7 then raises AttributeError building a
+            # client, which Celery does not catch ("Unrecoverable error", the worker
+            # exits). What this channel held is restored by its retirement instead.
+            log.warning(
+                "could not put back this channel's messages at close (%s: %s); they come "
+                "back with its consumer's retirement",
+                type(exc).__name__,
+                exc,
+            )
         finally:
             if self.incarnation is not None:
                 ownership.INCARNATIONS.retire(self.incarnation)
@@ -227,7 +238,8 @@ class SafeQoS(kombu_redis.QoS):
                     "consumer sweep failed: %s: %s",
                     type(exc).__name__,
                     exc,
-                    exc_info=not isinstance(exc, redis.RedisError),
+                    # A closing channel's failure is expected (its connection is gone).
+                    exc_info=not (retired_only or isinstance(exc, redis.RedisError)),
                 )
                 self._sweep_failing = True
 
@@ -251,18 +263,25 @@ class SafeQoS(kombu_redis.QoS):
     # -- kombu's ack emulation, guarded -----------------------------------------------
 
     def ack(self, delivery_tag: str) -> None:
+        if self.channel.closed:
+            self._after_close(delivery_tag, "ack")
+            return
         try:
             super().ack(delivery_tag)  # type: ignore[no-untyped-call]
         except redis.RedisError as exc:
-            # Still in `unacked`: it comes back after the visibility timeout, and its
+            # Still in `unacked`: it comes back (see _give_up_slot), and its
             # delivered-marker keeps it from being sent again.
             self._give_up_slot(delivery_tag, "ack", exc)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        what = "requeue" if requeue else "reject"
+        if self.channel.closed:
+            self._after_close(delivery_tag, what)
+            return
         try:
             super().reject(delivery_tag, requeue=requeue)  # type: ignore[no-untyped-call]
         except redis.RedisError as exc:
-            self._give_up_slot(delivery_tag, "requeue" if requeue else "reject", exc)
+            self._give_up_slot(delivery_tag, what, exc)
 
     def _give_up_slot(self, delivery_tag: str, what: str, exc: Exception) -> None:
         # Local bookkeeping only, no Redis call: frees the prefetch slot.
@@ -274,6 +293,20 @@ class SafeQoS(kombu_redis.QoS):
             what,
             delivery_tag,
             exc,
+        )
+
+    def _after_close(self, delivery_tag: str, what: str) -> None:
+        # A run that outlived its channel (it kept going through a broker reconnect). The
+        # channel cannot reach Redis any more (kombu 5.7 raised AttributeError here, which
+        # took the worker down), and need not: the closed channel's consumer retired, and
+        # its retirement puts back everything it held; the copy meets this run's outcome
+        # in the done-check.
+        virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+        log.warning(
+            "%s of message %s after its channel closed: the message is restored with its "
+            "retired consumer's messages",
+            what,
+            delivery_tag,
         )
 
 
