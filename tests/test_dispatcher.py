@@ -483,7 +483,8 @@ def test_an_internal_error_is_retried_with_backoff_then_dead_lettered_without_th
     entry = dispatcher.dead_letters.get(entry_id(job_id, 0))
     assert entry is not None and entry.reason == "internal_error"
     assert entry.error == (
-        "run 3 of the job failed: RuntimeError: bad header value '**********' for store_abc"
+        "3 runs ended in an internal error; the last: "
+        "RuntimeError: bad header value '**********' for store_abc"
     )
     assert entry.attempts == 0  # no request reached Scalev: no delivery attempt spent
     assert entry.payload == kwargs["payload"]

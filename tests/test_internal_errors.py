@@ -70,7 +70,9 @@ def test_a_deterministic_redis_error_is_retried_with_backoff_then_dead_lettered(
     wait_idle(redis_client)
 
     assert entry.reason == "internal_error"
-    assert entry.error.startswith(f"run {MAX_INTERNAL_ERRORS} of the job failed: ResponseError: ")
+    assert entry.error.startswith(
+        f"{MAX_INTERNAL_ERRORS} runs ended in an internal error; the last: ResponseError: "
+    )
     assert "WRONGTYPE" in entry.error
     assert entry.payload == event("broken-1")  # stored as it came, replayable once fixed
     # Two parked retries with growing backoff, then the dead letter: no requeue loop.

@@ -323,11 +323,11 @@ class Dispatcher:
         error = self.describe(exc)
         errors = job.internal_errors + 1  # runs of this job that ended in such an error
         log.warning(
-            "internal error job_id=%s store_id=%s run %d of %d: %s",
-            job.job_id,
-            job.store_id,
+            "internal error %d of at most %d job_id=%s store_id=%s: %s",
             errors,
             self.settings.max_internal_errors,
+            job.job_id,
+            job.store_id,
             error,
         )
         if errors < self.settings.max_internal_errors:
@@ -350,9 +350,8 @@ class Dispatcher:
             except Exception as park_exc:  # e.g. a payload that cannot be serialised again
                 park_failure = park_exc
             error = f"{error}; parking it failed: {self.describe(park_failure)}"
-        return self._dead_letter(
-            job, "internal_error", None, f"run {errors} of the job failed: {error}"
-        )
+        error = f"{errors} runs ended in an internal error; the last: {error}"
+        return self._dead_letter(job, "internal_error", None, error)
 
     # -- dead letters ----------------------------------------------------------------
 
