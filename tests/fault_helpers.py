@@ -34,7 +34,6 @@ FAULT_ENV = {
     "SNACKVIDEO_MAX_SLEEP_SECONDS": "1",
 }
 VISIBILITY_TIMEOUT_SECONDS = float(FAULT_ENV["SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS"])
-RESTORE_INTERVAL_SECONDS = float(FAULT_ENV["SNACKVIDEO_UNACKED_RESTORE_INTERVAL_SECONDS"])
 
 #: For the crash-recovery tests: the visibility timeout at its production length, so that
 #: only the consumer heartbeat sweep (worker.ownership) can explain a fast recovery.
