@@ -21,6 +21,7 @@ from kombu import Connection
 
 from producers.message import build_message
 from tests.conftest import PYTHON, ROOT, RedisServer, wait_until
+from worker.clock import RedisClock
 from worker.keys import CONSUMERS, TAKEN_BY, consumer_taken_key
 from worker.transport import SafeChannel, SafeTransport
 
@@ -72,8 +73,10 @@ def push(client: redis.Redis, job_id: str) -> None:
 class Consumer:
     """One consuming channel of the transport in this process."""
 
-    def __init__(self, redis_url: str) -> None:
-        self.connection = Connection(redis_url, transport=SafeTransport, transport_options=OPTIONS)
+    def __init__(self, redis_url: str, **options: Any) -> None:
+        self.connection = Connection(
+            redis_url, transport=SafeTransport, transport_options={**OPTIONS, **options}
+        )
         # The channel Celery's consumer uses: the one the connection closes with itself.
         self.channel: SafeChannel = self.connection.default_channel
         self.channel.basic_qos(0, 1, False)
@@ -100,11 +103,11 @@ class Consumer:
 
 
 @pytest.fixture
-def consumer(redis_url: str) -> Iterator[Callable[[], Consumer]]:
+def consumer(redis_url: str) -> Iterator[Callable[..., Consumer]]:
     made: list[Consumer] = []
 
-    def make() -> Consumer:
-        made.append(Consumer(redis_url))
+    def make(**options: Any) -> Consumer:
+        made.append(Consumer(redis_url, **options))
         return made[-1]
 
     yield make
@@ -118,7 +121,7 @@ def job_ids_on_queue(client: redis.Redis) -> list[str]:
 
 
 def test_taking_a_message_records_its_holder_in_the_same_step(
-    redis_client: redis.Redis, consumer: Callable[[], Consumer]
+    redis_client: redis.Redis, consumer: Callable[..., Consumer]
 ) -> None:
     push(redis_client, "m1")
     live = consumer()
@@ -141,7 +144,7 @@ def test_taking_a_message_records_its_holder_in_the_same_step(
 
 
 def test_a_dead_consumer_s_messages_come_back_redelivered_and_first_in_line(
-    redis_url: str, redis_client: redis.Redis, consumer: Callable[[], Consumer]
+    redis_url: str, redis_client: redis.Redis, consumer: Callable[..., Consumer]
 ) -> None:
     push(redis_client, "held")
     dead, tag = take_and_die(redis_url)
@@ -167,7 +170,7 @@ def test_a_dead_consumer_s_messages_come_back_redelivered_and_first_in_line(
 
 
 def test_a_message_held_by_another_consumer_since_is_not_restored_again(
-    redis_url: str, redis_client: redis.Redis, consumer: Callable[[], Consumer]
+    redis_url: str, redis_client: redis.Redis, consumer: Callable[..., Consumer]
 ) -> None:
     # The dead consumer's set still names the message, but another consumer holds it now
     # (it was restored and taken again): restoring it would hand out a second live copy.
@@ -186,7 +189,7 @@ def test_a_message_held_by_another_consumer_since_is_not_restored_again(
 
 
 def test_a_new_consuming_channel_retires_the_old_one_and_its_messages_return_at_once(
-    redis_client: redis.Redis, consumer: Callable[[], Consumer]
+    redis_client: redis.Redis, consumer: Callable[..., Consumer]
 ) -> None:
     # A broker reconnect: the process opens a new channel while the old one, whose
     # connection broke, could restore nothing.
@@ -204,7 +207,7 @@ def test_a_new_consuming_channel_retires_the_old_one_and_its_messages_return_at_
 
 
 def test_a_closing_channel_puts_back_what_it_holds_and_is_forgotten(
-    redis_client: redis.Redis, consumer: Callable[[], Consumer]
+    redis_client: redis.Redis, consumer: Callable[..., Consumer]
 ) -> None:
     push(redis_client, "unstarted")
     live = consumer()
@@ -249,3 +252,23 @@ def test_a_run_that_ends_after_its_channel_closed_loses_nothing(
     finally:
         new.close()
         client.close()
+
+
+def test_a_host_whose_clock_runs_ahead_does_not_restore_jobs_still_running(
+    redis_client: redis.Redis, consumer: Callable[..., Consumer]
+) -> None:
+    # kombu scored unacked_index and compared against it with each host's own clock: a
+    # host 300 s ahead saw every job as older than a 120 s visibility timeout and put
+    # back jobs other workers were running. Both sides use the Redis clock now.
+    push(redis_client, "running")
+    ahead = consumer(visibility_timeout=120)
+    ahead.channel.qos._clock = RedisClock(redis_client, local=lambda: time.time() + 300)
+    message = ahead.take()
+
+    ahead.sweep()  # the visibility scan too (interval 1)
+
+    (server_s, micros) = redis_client.time()
+    score = redis_client.zscore("unacked_index", message.delivery_tag)
+    assert score is not None and abs(score - (server_s + micros / 1e6)) < 1.0
+    assert redis_client.hexists("unacked", message.delivery_tag)  # not restored
+    assert job_ids_on_queue(redis_client) == []
