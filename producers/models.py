@@ -37,6 +37,7 @@ from producers.errors import InvalidEvent
 
 __all__ = [
     "JOB_SCHEMA_VERSION",
+    "MAX_PAYLOAD_DEPTH",
     "BundlePriceOptionItem",
     "ConversionEvent",
     "EventProperties",
@@ -49,6 +50,11 @@ __all__ = [
 ]
 
 JOB_SCHEMA_VERSION = 1
+#: Containers nested deeper than this in a payload are refused. The schema needs 4 levels;
+#: the bound leaves room for extra keys, and stays far below the depth at which Python's
+#: recursive encoders fail: pickling a Celery request for a pool process fails near 500
+#: levels and took the whole worker down with it (``worker.strategy`` guards that too).
+MAX_PAYLOAD_DEPTH = 32
 
 Quantity = Annotated[StrictInt, Field(ge=1)]
 _ANY_URL: TypeAdapter[AnyUrl] = TypeAdapter(AnyUrl)
@@ -173,6 +179,13 @@ class JobMessage(BaseModel):
     schema_version: StrictInt = Field(alias="schema")
     attempts: StrictInt = Field(default=0, ge=0)
     replay_count: StrictInt = Field(default=0, ge=0)
+    # Added by the worker, never by a producer (a message with only the five contract
+    # kwargs stays valid). `generation` counts the times this run of the job was parked:
+    # a restored copy of an older generation finds a newer one recorded and stands down
+    # (worker/marks.py). `internal_errors` counts runs that ended in an error the
+    # dispatcher does not classify (worker/delivery.py).
+    generation: StrictInt = Field(default=0, ge=0)
+    internal_errors: StrictInt = Field(default=0, ge=0)
 
     @field_validator("store_id", mode="before")
     @classmethod
@@ -269,6 +282,9 @@ def _json_problems(
         return
     if id(value) in seen:
         yield loc, "circular reference"
+        return
+    if len(loc) >= MAX_PAYLOAD_DEPTH:
+        yield loc, f"nested deeper than {MAX_PAYLOAD_DEPTH} levels"
         return
     seen = seen | {id(value)}
     if isinstance(value, dict):

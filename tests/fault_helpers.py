@@ -37,9 +37,26 @@ FAULT_ENV = {
     "SNACKVIDEO_TASK_TIME_LIMIT_SECONDS": "17",
 }
 VISIBILITY_TIMEOUT_SECONDS = float(FAULT_ENV["SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS"])
-RESTORE_INTERVAL_SECONDS = float(FAULT_ENV["SNACKVIDEO_UNACKED_RESTORE_INTERVAL_SECONDS"])
+
+#: For the crash-recovery tests: the visibility timeout at its production length, so that
+#: only the consumer heartbeat sweep (worker.ownership) can explain a fast recovery.
+RECOVERY_ENV = {**FAULT_ENV, "SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS": "120"}
+#: What the project promises after a worker is killed or Redis comes back (seconds).
+RECOVERY_BOUND_SECONDS = 30.0
 #: Generous: two cores shared with other test runs.
 SETTLE_SECONDS = 120.0
+
+#: ``tests/recovery_seam``: kills a worker's process at a chosen moment (its docstring).
+RECOVERY_SEAM_PATH = str(Path(__file__).parent / "recovery_seam")
+
+
+def seam_env(env: dict[str, str], seam: str) -> dict[str, str]:
+    """``env`` with the recovery seam on the path and ``seam`` chosen."""
+    return {
+        **env,
+        "SNACKVIDEO_TEST_SEAM": seam,
+        "PYTHONPATH": ":".join(p for p in (RECOVERY_SEAM_PATH, env.get("PYTHONPATH", "")) if p),
+    }
 
 
 def event(click_id: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import redis
 
 from producers.models import JOB_SCHEMA_VERSION
 from tests.conftest import PYTHON, ROOT, STORE, STORE_KEY, Sandbox
-from tests.queue_helpers import event
+from tests.queue_helpers import decode_message, event
 from worker import metrics
 from worker.deadletter import entry_id
 from worker.delivery import Dispatcher
@@ -29,8 +29,11 @@ from worker.errors import DeadLettered
 from worker.keys import (
     DELIVERY_QUEUE,
     SCHEDULED,
+    SCHEDULED_MESSAGES,
     delivered_key,
     dlq_taken_key,
+    generation_key,
+    redeliveries_key,
     throttle_in_flight_key,
     throttle_key,
 )
@@ -391,3 +394,185 @@ def test_a_redelivered_message_that_is_sent_is_logged_and_counted(
     assert restored_lines[0].endswith(" redelivered=1")
     assert restored_lines[1].startswith("outcome=duplicate ")
     assert redelivered_total() == before + 1
+
+
+# -- generations: the restored copy of a parked job stands down ------------------------------
+
+
+def test_a_copy_behind_the_recorded_generation_stands_down_in_one_round_trip(
+    make_dispatcher: MakeDispatcher, sandbox: Sandbox, redis_client: redis.Redis
+) -> None:
+    dispatcher = make_dispatcher()
+    assert dispatcher.deliver((), job("gen-warm")).kind == "delivered"  # scripts loaded
+    stale, replayed = job("gen-stale"), job("gen-replayed")
+    # Parked since as generation 1 (3) of replay 0: what schedule.lua records.
+    redis_client.set(generation_key(stale["job_id"]), "0:1")
+    redis_client.set(generation_key(replayed["job_id"]), "0:3")
+    CountingConnection.sent.clear()
+
+    assert dispatcher.deliver((), stale).kind == "duplicate"
+
+    assert CountingConnection.sent == ["EVALSHA(throttle_acquire)"]  # no extra round trip
+    assert requests_to(sandbox) == 1
+    # The parked message itself, and any later replay, are live copies.
+    assert dispatcher.deliver((), {**stale, "generation": 1}).kind == "delivered"
+    assert dispatcher.deliver((), {**replayed, "replay_count": 1}).kind == "delivered"
+    assert requests_to(sandbox) == 3
+
+
+def test_parking_records_the_generation_and_a_stale_twin_parks_nothing(
+    make_dispatcher: MakeDispatcher, sandbox: Sandbox, redis_client: redis.Redis
+) -> None:
+    sandbox.configure(fail_first=1)
+    dispatcher = make_dispatcher()
+    kwargs = job("parks")
+    job_id = kwargs["job_id"]
+
+    assert dispatcher.deliver((), kwargs).kind == "retried"
+
+    parked = decode_message(redis_client.hget(SCHEDULED_MESSAGES, job_id)).kwargs
+    assert (parked["generation"], parked["attempts"], parked["replay_count"]) == (1, 1, 0)
+    assert redis_client.get(generation_key(job_id)) == b"0:1"
+    marker_ttl = Settings().delivered_marker_ttl_seconds  # kept as long as the marker
+    assert marker_ttl - 5 < redis_client.ttl(generation_key(job_id)) <= marker_ttl
+    # The same message again (kombu restored it: its worker died before the ack).
+    assert dispatcher.deliver((), kwargs).kind == "duplicate"
+    # A twin that passed its check before the parking cannot park a second copy either.
+    assert (
+        dispatcher.delayed.schedule(
+            {**kwargs, "generation": 1}, delay_seconds=60, generation_ttl_seconds=60
+        )
+        is None
+    )
+    assert decode_message(redis_client.hget(SCHEDULED_MESSAGES, job_id)).kwargs == parked
+    assert requests_to(sandbox) == 1
+
+
+# -- errors nothing classifies ---------------------------------------------------------------
+
+
+class LeakyScalev(ScalevClient):
+    """A client with a bug that quotes the key in its exception (a third-party library
+    might: a header value in a message)."""
+
+    def send(self, store_id: str, api_key: str, payload: dict[str, Any]) -> Any:
+        raise RuntimeError(f"bad header value {api_key!r} for {store_id}")
+
+
+def parked_kwargs(client: redis.Redis, job_id: str) -> dict[str, Any]:
+    return dict(decode_message(client.hget(SCHEDULED_MESSAGES, job_id)).kwargs)
+
+
+def test_an_internal_error_is_retried_with_backoff_then_dead_lettered_without_the_key(
+    counting_client: redis.Redis, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(
+        scalev_api_base_url=sandbox.base_url,
+        storefront_api_keys={STORE: STORE_KEY},
+        retry_base_seconds=1.0,
+    )
+    scalev = LeakyScalev(sandbox.base_url, connect_timeout_seconds=3, read_timeout_seconds=10)
+    dispatcher = Dispatcher(settings, counting_client, scalev)
+    kwargs = job("leaky")
+    job_id = kwargs["job_id"]
+
+    with caplog.at_level(logging.INFO):
+        first = dispatcher.deliver((), kwargs)
+        second = dispatcher.deliver((), parked_kwargs(counting_client, job_id))
+        assert first.kind == second.kind == "retried"
+        assert first.due_at is not None and second.due_at is not None
+        with pytest.raises(DeadLettered) as info:
+            dispatcher.deliver((), parked_kwargs(counting_client, job_id))
+
+    assert info.value.reason == "internal_error"
+    assert info.value.__context__ is None and info.value.__cause__ is None  # nothing chained
+    assert STORE_KEY not in str(info.value)
+    entry = dispatcher.dead_letters.get(entry_id(job_id, 0))
+    assert entry is not None and entry.reason == "internal_error"
+    assert entry.error == (
+        "3 runs ended in an internal error; the last: "
+        "RuntimeError: bad header value '**********' for store_abc"
+    )
+    assert entry.attempts == 0  # no request reached Scalev: no delivery attempt spent
+    assert entry.payload == kwargs["payload"]
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert STORE_KEY not in logged and "bad header value '**********'" in logged
+    assert logged.count("reason=internal_error") == 3  # retried, retried, dead_lettered
+    assert requests_to(sandbox) == 0
+
+
+def test_the_internal_error_count_and_the_generation_travel_with_the_parked_job(
+    counting_client: redis.Redis, sandbox: Sandbox
+) -> None:
+    settings = Settings(scalev_api_base_url=sandbox.base_url, storefront_api_keys={STORE: "k"})
+    scalev = LeakyScalev(sandbox.base_url, connect_timeout_seconds=3, read_timeout_seconds=10)
+    dispatcher = Dispatcher(settings, counting_client, scalev)
+    kwargs = job("counted", attempts=4)
+
+    dispatcher.deliver((), kwargs)
+    once = parked_kwargs(counting_client, kwargs["job_id"])
+    dispatcher.deliver((), once)
+    twice = parked_kwargs(counting_client, kwargs["job_id"])
+
+    assert (once["internal_errors"], once["generation"], once["attempts"]) == (1, 1, 4)
+    assert (twice["internal_errors"], twice["generation"], twice["attempts"]) == (2, 2, 4)
+    assert counting_client.get(generation_key(kwargs["job_id"])) == b"0:2"
+
+
+def test_a_deterministic_error_recording_a_2xx_ends_delivered_and_is_not_sent_again(
+    make_dispatcher: MakeDispatcher, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A delivered-marker TTL beyond what Redis accepts ("invalid expire time"): the
+    # same ResponseError on every run. It used to be requeued and posted again for ever.
+    dispatcher = make_dispatcher(max_age_seconds=1e17)
+    kwargs = job("unmarked")
+
+    with caplog.at_level(logging.INFO, logger="snackvideo.delivery"):
+        outcome = dispatcher.deliver((), kwargs)
+
+    assert outcome.kind == "delivered"
+    assert requests_to(sandbox) == 1
+    (line,) = [r.getMessage() for r in caplog.records if "recording it failed" in r.getMessage()]
+    assert line.startswith(f"job_id={kwargs['job_id']} was delivered (status=204)")
+    assert "ResponseError" in line
+    assert dispatcher.delayed.depth() == 0 and len(dispatcher.dead_letters) == 0
+
+
+def test_a_payload_json_cannot_encode_is_dead_lettered_with_its_text(
+    make_dispatcher: MakeDispatcher, sandbox: Sandbox
+) -> None:
+    deep: dict[str, Any] = {}
+    for _ in range(5_000):  # far beyond json.dumps' (and asdict's) recursion
+        deep = {"a": deep}
+    kwargs = job("too-deep")
+    kwargs["payload"]["deep"] = deep
+
+    assert dead_letter(make_dispatcher(), kwargs).reason == "invalid_job"
+
+    (entry,) = make_dispatcher().dead_letters.list()
+    assert "nested deeper than 32 levels" in entry.error
+    raw, size = entry.payload["raw"], entry.payload["raw_chars"]
+    assert raw.startswith('{"click_id":"too-deep"') and len(raw) == Settings().dlq_error_max_chars
+    assert size > 5_000 * len('{"a":}')
+    assert requests_to(sandbox) == 0
+
+
+def test_a_redelivered_message_past_the_bound_is_dead_lettered_without_a_request(
+    make_dispatcher: MakeDispatcher, sandbox: Sandbox, redis_client: redis.Redis
+) -> None:
+    dispatcher = make_dispatcher(max_redeliveries=2)
+    looping, fresh = job("looping"), job("fresh-run")
+    # Two earlier redelivered runs of this message died before any outcome.
+    redis_client.set(redeliveries_key(looping["job_id"], 0, 0), 2)
+
+    dead = dead_letter(dispatcher, looping, redelivered=True)
+    assert dispatcher.deliver((), fresh).kind == "delivered"
+
+    assert dead.reason == "internal_error"
+    entry = dispatcher.dead_letters.get(entry_id(looping["job_id"], 0))
+    assert entry is not None
+    assert entry.error.startswith("redelivered 3 times without an outcome")
+    assert 86_000 < redis_client.ttl(redeliveries_key(looping["job_id"], 0, 0)) <= 86_400
+    # Only messages kombu flags redelivered are counted: the common path pays nothing.
+    assert not redis_client.exists(redeliveries_key(fresh["job_id"], 0, 0))
+    assert requests_to(sandbox) == 1

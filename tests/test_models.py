@@ -12,6 +12,7 @@ import pytest
 from producers.errors import InvalidEvent
 from producers.models import (
     JOB_SCHEMA_VERSION,
+    MAX_PAYLOAD_DEPTH,
     EventRequest,
     JobMessage,
     validate_job,
@@ -400,11 +401,42 @@ def test_good_job() -> None:
 
 
 def test_job_round_trip_uses_the_wire_name_schema() -> None:
-    kwargs = good_job(attempts=2, replay_count=1)
+    kwargs = good_job(attempts=2, replay_count=1, generation=3, internal_errors=1)
     dumped = validate_job(kwargs).model_dump(by_alias=True)
     assert dumped == kwargs
     assert "schema" in dumped and "schema_version" not in dumped
     assert validate_job(json.loads(json.dumps(dumped))).model_dump(by_alias=True) == kwargs
+
+
+def test_the_worker_s_kwargs_default_to_zero_for_a_contract_only_message() -> None:
+    job = validate_job(good_job())
+    assert (job.attempts, job.replay_count, job.generation, job.internal_errors) == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("key", ["generation", "internal_errors"])
+def test_the_worker_s_counters_are_non_negative_integers(key: str) -> None:
+    for bad in (-1, 1.0, "1", True):
+        with pytest.raises(InvalidEvent):
+            validate_job(good_job(**{key: bad}))
+
+
+def chain(levels: int) -> dict[str, Any]:
+    """Dicts nested ``levels`` deep: {"x": {"x": ... {}}}."""
+    value: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        value = {"x": value}
+    return value
+
+
+def test_a_payload_nested_deeper_than_the_bound_is_refused_by_name() -> None:
+    # The payload object is the first level.
+    validate_payload({**good_payload(), "extra": chain(MAX_PAYLOAD_DEPTH - 1)})
+    with pytest.raises(InvalidEvent) as info:
+        validate_payload({**good_payload(), "extra": chain(MAX_PAYLOAD_DEPTH)})
+    assert f"nested deeper than {MAX_PAYLOAD_DEPTH} levels" in str(info.value)
+    # Far deeper than Python's recursion limit: refused all the same, no RecursionError.
+    with pytest.raises(InvalidEvent):
+        validate_payload({**good_payload(), "extra": chain(5_000)})
 
 
 def test_job_is_built_with_schema_and_sent_as_schema() -> None:

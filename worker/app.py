@@ -2,8 +2,9 @@
 
 Configured for durability: a job is acknowledged only after it was delivered, parked in
 the delayed set, or dead-lettered (late acks), a killed worker's jobs go back to the
-queue (reject on worker lost, the visibility timeout), and a worker holds one job per
-process (prefetch 1) so a crash strands as few as possible.
+queue (reject on worker lost; the consumer heartbeat sweep of ``worker.ownership`` within
+seconds; the visibility timeout as the backstop), and a worker holds one job per process
+(prefetch 1) so a crash strands as few as possible.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def _direct_queue(name: str) -> Queue:
     """A queue bound to a direct exchange of its own name: the shape of Celery's default."""
     return Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
 
+
+restore_interval = settings.unacked_restore_interval_seconds
+heartbeat_seconds = settings.consumer_heartbeat_seconds
 
 app = Celery("snackvideo", broker=settings.redis_url, include=["worker.tasks", "worker.redrive"])
 app.conf.update(
@@ -85,18 +89,25 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,  # a worker waits out a Redis outage, however long
     # Keep deliveries running through a broker reconnect (Celery 6 flips this default):
-    # a running POST finishes and sets its delivered-marker, and the unacked copy that
-    # comes back after the visibility timeout is then not sent again. A cancelled one
-    # could die between its POST and its marker: a duplicate (docs/durability.md).
+    # a running POST finishes and sets its delivered-marker. The reconnect retires the
+    # old consumer and its messages come back at once (worker.ownership, as kombu itself
+    # does when Redis answers at the close): a copy taken while the original still runs
+    # may be sent beside it, at most the jobs in flight. A cancelled run could die
+    # between its POST and its marker: a duplicate all the same (docs/durability.md).
     worker_cancel_long_running_tasks_on_connection_loss=False,
     broker_transport_options={
         # Retries and long throttle waits live in Redis (worker.scheduler), so no message
-        # is held longer than one POST plus one short sleep: the timeout can stay short and
-        # a killed worker's jobs return within minutes, not the default hour.
+        # is held longer than one POST plus one short sleep: the timeout can stay short.
+        # It is the backstop only: a killed worker's jobs return when its heartbeat ends
+        # (worker.ownership), within seconds.
         "visibility_timeout": settings.visibility_timeout_seconds,
-        "unacked_restore_interval": settings.unacked_restore_interval_seconds,
-        # Scan on every sweep, so the interval above alone sets how fast jobs come back.
-        "unacked_restore_throttle": 1,
+        # kombu's restore timer runs at the consumer heartbeat period: each tick restores
+        # the jobs of consumers that died or were replaced (worker.ownership), and every
+        # n-th tick also scans for jobs older than the visibility timeout, the backstop.
+        "unacked_restore_interval": settings.consumer_heartbeat_seconds,
+        "unacked_restore_throttle": max(1, round(restore_interval / heartbeat_seconds)),
+        "consumer_heartbeat_seconds": settings.consumer_heartbeat_seconds,
+        "consumer_dead_after_seconds": settings.consumer_dead_after_seconds,
         # The sweep runs under a Redis lock. A worker killed while holding it would block
         # every other worker's sweep for kombu's default 300 s. Restores are transactions,
         # so two sweeps at once are safe, and a short lock is enough.

@@ -32,7 +32,7 @@ from worker.settings import get_settings
 DEFAULT_LIST_LIMIT = 50
 
 #: Reasons the dispatcher writes; ``http_<code>`` covers every refused status.
-KNOWN_REASONS = ("no_api_key", "retries_exhausted", "expired", "invalid_job")
+KNOWN_REASONS = ("no_api_key", "retries_exhausted", "expired", "invalid_job", "internal_error")
 _REASON = re.compile(r"^(http_[1-5]\d\d|" + "|".join(KNOWN_REASONS) + r")$")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")

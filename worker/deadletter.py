@@ -36,13 +36,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
 from producers.message import build_message
 from producers.models import JOB_SCHEMA_VERSION
+from worker.bounded_json import bounded_json
 from worker.keys import (
     DELIVERY_QUEUE,
     DLQ_ENTRIES,
@@ -62,6 +63,8 @@ DEFAULT_MAX_ENTRIES = 100_000
 DEFAULT_MAX_AGE_SECONDS = 30 * 86_400.0
 #: Tombstone lifetime with the default settings (``Settings.dlq_taken_ttl_seconds``).
 DEFAULT_TAKEN_TTL_SECONDS = 600.0
+#: Text kept of a payload JSON cannot hold (``Settings.dlq_error_max_chars``).
+DEFAULT_RAW_MAX_CHARS = 2_000
 
 
 def entry_id(job_id: str, replay_count: int) -> str:
@@ -100,17 +103,27 @@ class DeadLetter:
         return value if isinstance(value, str) else None
 
     def to_dict(self) -> dict[str, Any]:
-        """The entry's fields as DESIGN.md lists them, ``id`` first (``dlq list --json``),
+        """The entry's fields in their documented order, ``id`` first (``dlq list --json``),
         then ``location`` for a redirect."""
         data = self._fields()
         return {"id": data.pop("id"), **data}
 
-    def to_json(self) -> str:
-        # default=repr: an unreadable job may hold anything; the entry must still be stored.
-        return json.dumps(self._fields(), separators=(",", ":"), default=repr)
+    def to_json(self, *, raw_max_chars: int = DEFAULT_RAW_MAX_CHARS) -> str:
+        data = self._fields()
+        try:
+            # default=repr: an unreadable job may hold anything; the entry must be stored.
+            return json.dumps(data, separators=(",", ":"), default=repr)
+        except (RecursionError, ValueError):
+            # A payload nested deeper than json.dumps recurses (or a cycle): keep its
+            # text, cut like an unreadable message's (worker.poison), and its length.
+            text, size = bounded_json(self.payload, raw_max_chars)
+            data["payload"] = {"raw": text, "raw_chars": size}
+            return json.dumps(data, separators=(",", ":"), default=repr)
 
     def _fields(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Shallow on purpose: asdict() would copy the payload level by level. ``location``
+        # only on a redirect's entry, so every other entry keeps its shape.
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         if data["location"] is None:
             del data["location"]
         return data
@@ -152,11 +165,13 @@ class DeadLetterStore:
         max_entries: int = DEFAULT_MAX_ENTRIES,
         max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
         taken_ttl_seconds: float = DEFAULT_TAKEN_TTL_SECONDS,
+        raw_max_chars: int = DEFAULT_RAW_MAX_CHARS,
     ) -> None:
         self.client = client
         self.max_entries = max_entries
         self.max_age_seconds = max_age_seconds
         self.taken_ttl_seconds = taken_ttl_seconds
+        self.raw_max_chars = raw_max_chars
         self._add = client.register_script(lua_source("dlq_add"))
         self._take = client.register_script(lua_source("dlq_take"))
 
@@ -167,6 +182,7 @@ class DeadLetterStore:
             max_entries=settings.dlq_max_entries,
             max_age_seconds=settings.dlq_max_age_seconds,
             taken_ttl_seconds=settings.dlq_taken_ttl_seconds,
+            raw_max_chars=settings.dlq_error_max_chars,
         )
 
     # -- writing -----------------------------------------------------------------------
@@ -189,7 +205,7 @@ class DeadLetterStore:
             entry_args = [
                 entry.id,
                 entry.dead_lettered_at,
-                entry.to_json(),
+                entry.to_json(raw_max_chars=self.raw_max_chars),
                 entry.reason,
                 entry.store_id,
             ]

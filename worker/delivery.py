@@ -3,6 +3,14 @@
 The task in ``worker.tasks`` hands each message to ``Dispatcher.deliver`` and turns the
 returned ``Outcome`` into Celery states. Everything the dispatcher touches (Redis, the
 HTTP session, the clock, the random source) is injected, so tests can drive it directly.
+
+Every run ends delivered, parked (a retry with backoff, a long throttle wait), or
+dead-lettered, whatever it raises: an exception nothing classifies is retried
+``SNACKVIDEO_MAX_INTERNAL_ERRORS`` times and then dead-lettered as ``internal_error``
+(``worker.internal_errors``). Only a transient Redis error escapes, for the task to
+requeue the message, since nothing can be written then. A message that kombu keeps
+restoring without any run of it reaching an outcome is dead-lettered too
+(``SNACKVIDEO_MAX_REDELIVERIES``).
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from worker.errors import (
     RedirectRefused,
     RetryableError,
 )
+from worker.internal_errors import TRANSIENT_REDIS_ERRORS, configured_keys, describe
+from worker.keys import redeliveries_key
 from worker.marks import JobMarks
 from worker.scalev import ScalevClient
 from worker.scheduler import DelayedJobs
@@ -41,6 +51,9 @@ log = logging.getLogger("snackvideo.delivery")
 
 #: When a 429 carries no usable reset, wait this long.
 FALLBACK_RATE_LIMIT_WAIT_SECONDS = 1.0
+#: How long the run count of a redelivered message is kept. Its restores come a few
+#: seconds (a dead worker, a dead pool child) to a visibility timeout apart.
+REDELIVERIES_TTL_SECONDS = 86_400
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,7 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        cut_off_errors: tuple[type[Exception], ...] = (),
     ) -> None:
         self.settings = settings
         self.redis = client
@@ -80,6 +94,14 @@ class Dispatcher:
         self.clock = clock
         self.sleep = sleep
         self.rng = rng or random.Random()
+        # Raised into a run from outside to stop it (Celery's soft time limit): not an
+        # internal error; the caller ends the run with ``cut_short``.
+        self._passthrough: tuple[type[Exception], ...] = (
+            DeadLettered,
+            *TRANSIENT_REDIS_ERRORS,
+            *cut_off_errors,
+        )
+        self._secrets = configured_keys(settings)
 
     # -- entry point ---------------------------------------------------------------
 
@@ -97,14 +119,50 @@ class Dispatcher:
         ``redelivered``: kombu restored this message (a lost ack, a dead worker): if it is
         sent, it may be the second time, and it is counted as such.
         """
+        # Each failure is handled after its except block, so that nothing raised from
+        # there carries it as context: Celery would show its (third-party) message.
+        problem: str
         try:
             if args:
                 raise InvalidEvent([("args", "the job takes keyword arguments only")])
             job = validate_job(kwargs)
         except InvalidEvent as exc:
-            return self._dead_letter_unreadable(kwargs, str(exc), task_id=task_id)
-        marks = JobMarks(job.job_id, job.replay_count, self.settings.delivered_marker_ttl_seconds)
+            problem = str(exc)
+        except Exception as exc:  # the validator itself failed: unreadable all the same
+            problem = f"cannot read the job: {self.describe(exc)}"
+        else:
+            return self._deliver_or_handle(job, redelivered=redelivered)
+        return self._dead_letter_unreadable(kwargs, problem, task_id=task_id)
+
+    def _deliver_or_handle(self, job: JobMessage, *, redelivered: bool) -> Outcome:
+        failure: Exception
+        try:
+            return self._deliver(job, redelivered=redelivered)
+        except self._passthrough:
+            raise
+        except Exception as exc:  # whatever it is, the run must still end in an outcome
+            failure = exc
+        return self._internal_error(job, failure)
+
+    def _deliver(self, job: JobMessage, *, redelivered: bool) -> Outcome:
+        marks = JobMarks(
+            job.job_id,
+            job.replay_count,
+            self.settings.delivered_marker_ttl_seconds,
+            job.generation,
+        )
         scope = self._throttle_scope(job)
+        if redelivered:
+            runs = self._count_redelivery(job)
+            if runs > self.settings.max_redeliveries:
+                return self._dead_letter_unless_done(
+                    job,
+                    marks,
+                    scope,
+                    "internal_error",
+                    f"redelivered {runs} times without an outcome (each run was cut off: "
+                    "a pool process killed, a hard time limit, a lost worker)",
+                )
         # Decided without Redis; the done-check for these rare paths is a round trip of
         # its own. The common path does it inside the throttle's acquire (_send).
         if self.clock() - job.enqueued_at > self.settings.max_age_seconds:
@@ -161,7 +219,7 @@ class Dispatcher:
                 self.throttle.record(scope, exc.status_code, exc.headers)
                 return self._failed(job, exc)
             # Releases the slot and sets the delivered-marker, in one round trip.
-            self.throttle.record(scope, result.status_code, result.headers, delivered=marks)
+            self._record_delivered(job, scope, result.status_code, result.headers, marks)
             self._report(
                 "delivered",
                 job,
@@ -174,6 +232,39 @@ class Dispatcher:
             return Outcome("delivered", job.job_id, result.status_code)
         # Still limited after several 429s in a row: park it rather than hold the worker.
         return self._postpone(job, FALLBACK_RATE_LIMIT_WAIT_SECONDS, "throttled", 429, None)
+
+    def _record_delivered(
+        self,
+        job: JobMessage,
+        scope: str,
+        status_code: int,
+        headers: dict[str, str],
+        marks: JobMarks,
+    ) -> None:
+        try:
+            self.throttle.record(scope, status_code, headers, delivered=marks)
+        except TRANSIENT_REDIS_ERRORS:
+            raise  # Redis away: the task requeues; the copy may be sent again (durability.md)
+        except Exception as exc:
+            # Scalev has the event. Retrying the run would send it again, every time, so
+            # the run ends delivered; the marker is missing, which matters only if this
+            # message comes back (its ack lost too).
+            log.error(
+                "job_id=%s was delivered (status=%s) but recording it failed: %s",
+                job.job_id,
+                status_code,
+                self.describe(exc),
+            )
+
+    def _count_redelivery(self, job: JobMessage) -> int:
+        """Runs of this redelivered message so far, this one included (one round trip,
+        paid only by messages kombu restored)."""
+        key = redeliveries_key(job.job_id, job.replay_count, job.generation)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, REDELIVERIES_TTL_SECONDS)
+            runs, _ = pipe.execute()
+        return int(runs)
 
     def _wait_for_slot(self, scope: str, marks: JobMarks, waited: float) -> tuple[Slot, float]:
         """Sleep through short waits; a wait that would take this run's waiting past the
@@ -224,13 +315,69 @@ class Dispatcher:
         cause: Exception | None,
         *,
         attempts: int | None = None,
+        internal_errors: int | None = None,
+        reason: str | None = None,
     ) -> Outcome:
         kwargs = job.model_dump(by_alias=True)
         if attempts is not None:
             kwargs["attempts"] = attempts
-        due_at = self.delayed.schedule(kwargs, delay_seconds=wait)  # on the Redis clock
-        self._report(kind, job, status_code, attempt=attempts or job.attempts, wait=wait)
+        if internal_errors is not None:
+            kwargs["internal_errors"] = internal_errors
+        # The parked message is the job's live copy from now on; schedule.lua records its
+        # generation in the same step, and this message's restored copy stands down.
+        kwargs["generation"] = job.generation + 1
+        due_at = self.delayed.schedule(  # on the Redis clock
+            kwargs,
+            delay_seconds=wait,
+            generation_ttl_seconds=self.settings.delivered_marker_ttl_seconds,
+        )
+        if due_at is None:
+            return self._duplicate(job)  # a copy of this message parked the job already
+        self._report(
+            kind, job, status_code, attempt=attempts or job.attempts, wait=wait, reason=reason
+        )
         return Outcome(kind, job.job_id, status_code, due_at, cause)
+
+    # -- errors nothing classifies ---------------------------------------------------------
+
+    def describe(self, exc: BaseException) -> str:
+        """What the logs and dead letters keep of an error: type, message, no key."""
+        return describe(exc, self._secrets, self.settings.dlq_error_max_chars)
+
+    def _internal_error(self, job: JobMessage, exc: Exception) -> Outcome:
+        """Retry with backoff a bounded number of times, then dead-letter the job."""
+        error = self.describe(exc)
+        errors = job.internal_errors + 1  # runs of this job that ended in such an error
+        log.warning(
+            "internal error %d of at most %d job_id=%s store_id=%s: %s",
+            errors,
+            self.settings.max_internal_errors,
+            job.job_id,
+            job.store_id,
+            error,
+        )
+        if errors < self.settings.max_internal_errors:
+            wait = backoff(
+                errors, self.settings.retry_base_seconds, self.settings.retry_max_seconds, self.rng
+            )
+            park_failure: Exception
+            try:
+                return self._postpone(
+                    job,
+                    wait,
+                    "retried",
+                    None,
+                    None,
+                    internal_errors=errors,
+                    reason="internal_error",
+                )
+            except TRANSIENT_REDIS_ERRORS:
+                raise
+            except Exception as park_exc:  # e.g. a payload that cannot be serialised again
+                park_failure = park_exc
+            error = f"{error}; parking it failed: {self.describe(park_failure)}"
+        error = f"{errors} runs ended in an internal error; the last: {error}"
+        return self._dead_letter(job, "internal_error", None, error)
 
     # -- dead letters ----------------------------------------------------------------
 

@@ -2,14 +2,25 @@
 
     snackvideo                       list   the delivery queue (kombu; Celery messages)
     snackvideo.control               list   control tasks (redrive), never behind deliveries
-    unacked, unacked_index           hash/zset  kombu's in-flight messages (visibility timeout)
+    unacked, unacked_index           hash/zset  kombu's in-flight messages (visibility timeout;
+                                            index scored on the Redis clock, worker.transport)
     unacked_mutex                    string kombu's lock for the restore sweep (expires in 30 s)
+    snackvideo:consumers             zset   consumer incarnation -> last heartbeat (Redis TIME s):
+                                            one per worker consumer connection (worker.ownership)
+    snackvideo:consumer:{id}:taken   set    delivery tags that incarnation took and has not acked
+                                            or restored (written in kombu's own MULTI)
+    snackvideo:taken_by              hash   delivery tag -> the incarnation that holds it now
     snackvideo:idem:{store}:{key}    string job id holding an idempotency key (TTL 48 h)
     snackvideo:enqueue:call:{token}  string an enqueue call's result, for its retries (TTL 20 s)
     snackvideo:delivered:{job_id}    string set after a 2xx, so a redelivered message is not sent
                                             again (TTL: max job age + 1 day; set by
                                             throttle_record.lua in the call that releases
                                             the slot)
+    snackvideo:generation:{job_id}   string "{replay_count}:{generation}" of the job's latest
+                                            parked message (schedule.lua, atomically with the
+                                            parking; TTL like the delivered-marker)
+    snackvideo:redeliveries:{job_id}-r{n}-g{g}  string  runs of a redelivered message (INCR,
+                                            TTL 1 day; only for messages kombu flags redelivered)
     snackvideo:scheduled             zset   job_id -> due time (epoch s): retries and long waits
     snackvideo:scheduled:messages    hash   job_id -> the Celery message to push when due
     snackvideo:dlq:index             zset   entry id -> dead_lettered_at
@@ -40,9 +51,10 @@
     snackvideo:metrics:enqueued      string jobs pushed by enqueue (INCRBY in the enqueue Lua;
                                             exported by worker.metrics)
 
-A message of job J at replay n is *done* (skipped as ``outcome=duplicate``) when
-``delivered:J``, the entry ``J-rn`` or the tombstone ``dlq:taken:J-rn`` exists; the check
-runs inside throttle_acquire.lua (``worker.marks``). Unreadable messages are parked under
+A message of job J at replay n, generation g is *done* (skipped as ``outcome=duplicate``)
+when ``delivered:J``, the entry ``J-rn`` or the tombstone ``dlq:taken:J-rn`` exists, or
+``generation:J`` records a later (replay, generation) than (n, g); the check runs inside
+throttle_acquire.lua (``worker.marks``). Unreadable messages are parked under
 ``{job_id}-rn-invalid``, an id no done-check ever reads.
 
 API keys are never written under any of these.
@@ -53,6 +65,7 @@ from __future__ import annotations
 from producers.keys import DELIVERY_QUEUE, KEY_PREFIX, idempotency_key
 
 __all__ = [
+    "CONSUMERS",
     "CONTROL_QUEUE",
     "DELIVERY_QUEUE",
     "DLQ_ENTRIES",
@@ -65,10 +78,14 @@ __all__ = [
     "REDRIVE_TASK",
     "SCHEDULED",
     "SCHEDULED_MESSAGES",
+    "TAKEN_BY",
     "THROTTLE_SCOPES",
+    "consumer_taken_key",
     "delivered_key",
     "dlq_taken_key",
+    "generation_key",
     "idempotency_key",
+    "redeliveries_key",
     "throttle_in_flight_key",
     "throttle_key",
 ]
@@ -82,6 +99,8 @@ DLQ_STORES = f"{KEY_PREFIX}dlq:stores"
 DLQ_TRIMMED = f"{KEY_PREFIX}dlq:trimmed"
 REDRIVE_LOCK = f"{KEY_PREFIX}redrive:lock"
 THROTTLE_SCOPES = f"{KEY_PREFIX}throttles"
+CONSUMERS = f"{KEY_PREFIX}consumers"
+TAKEN_BY = f"{KEY_PREFIX}taken_by"
 
 #: The queue of control tasks: redrive must not wait behind thousands of queued deliveries.
 CONTROL_QUEUE = "snackvideo.control"
@@ -91,6 +110,18 @@ REDRIVE_TASK = "snackvideo.redrive"
 
 def delivered_key(job_id: str) -> str:
     return f"{KEY_PREFIX}delivered:{job_id}"
+
+
+def generation_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}generation:{job_id}"
+
+
+def redeliveries_key(job_id: str, replay_count: int, generation: int) -> str:
+    return f"{KEY_PREFIX}redeliveries:{job_id}-r{replay_count}-g{generation}"
+
+
+def consumer_taken_key(incarnation: str) -> str:
+    return f"{KEY_PREFIX}consumer:{incarnation}:taken"
 
 
 def dlq_taken_key(entry_id: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 import redis
 
 from producers.message import build_message
-from worker.keys import DELIVERY_QUEUE, SCHEDULED, SCHEDULED_MESSAGES
+from worker.keys import DELIVERY_QUEUE, SCHEDULED, SCHEDULED_MESSAGES, generation_key
 from worker.lua_scripts import lua_source
 
 log = logging.getLogger(__name__)
@@ -35,16 +35,37 @@ class DelayedJobs:
         self._schedule = client.register_script(lua_source("schedule"))
         self._move_due = client.register_script(lua_source("move_due"))
 
-    def schedule(self, job_kwargs: dict[str, Any], *, delay_seconds: float) -> float:
+    def schedule(
+        self,
+        job_kwargs: dict[str, Any],
+        *,
+        delay_seconds: float,
+        generation_ttl_seconds: int = 0,
+    ) -> float | None:
         """Park the job ``delay_seconds`` from now on the Redis clock; returns its due time
-        (epoch seconds, Redis clock)."""
+        (epoch seconds, Redis clock), or None when a later parking of it is recorded
+        (nothing written).
+
+        ``generation_ttl_seconds`` > 0 records the message's (replay_count, generation)
+        with that TTL in the same call (``worker.marks``); the caller sets ``generation``
+        in ``job_kwargs`` one above the run that parks it.
+        """
         if not math.isfinite(delay_seconds):
             raise ValueError(f"delay must be a finite number of seconds, not {delay_seconds}")
         job_id = job_kwargs["job_id"]
         message = build_message(job_kwargs, task_id=job_id)
-        due_at = self._schedule(
-            keys=[SCHEDULED, SCHEDULED_MESSAGES], args=[job_id, repr(delay_seconds), message]
-        )
+        keys = [SCHEDULED, SCHEDULED_MESSAGES]
+        args: list[Any] = [job_id, repr(delay_seconds), message]
+        if generation_ttl_seconds > 0:
+            keys.append(generation_key(job_id))
+            args += [
+                int(job_kwargs.get("replay_count", 0)),
+                int(job_kwargs.get("generation", 0)),
+                generation_ttl_seconds,
+            ]
+        due_at = self._schedule(keys=keys, args=args)
+        if due_at == 0:
+            return None
         return float(due_at)
 
     def move_due(self, now: float | None = None, limit: int = MOVE_BATCH) -> int:

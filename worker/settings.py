@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
 from collections.abc import Mapping
 from functools import lru_cache
@@ -21,6 +22,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -77,6 +79,10 @@ _ENV = {
     "SNACKVIDEO_ALLOW_INSECURE_HTTP": "allow_insecure_http",
     "SNACKVIDEO_TASK_SOFT_TIME_LIMIT_SECONDS": "task_soft_time_limit_seconds",
     "SNACKVIDEO_TASK_TIME_LIMIT_SECONDS": "task_time_limit_seconds",
+    "SNACKVIDEO_MAX_INTERNAL_ERRORS": "max_internal_errors",
+    "SNACKVIDEO_MAX_REDELIVERIES": "max_redeliveries",
+    "SNACKVIDEO_CONSUMER_HEARTBEAT_SECONDS": "consumer_heartbeat_seconds",
+    "SNACKVIDEO_CONSUMER_DEAD_AFTER_SECONDS": "consumer_dead_after_seconds",
 }
 
 
@@ -112,6 +118,19 @@ class Settings(BaseModel):
     visibility_timeout_seconds: float = Field(120.0, gt=0)
     unacked_restore_interval_seconds: float = Field(10.0, gt=0)
     scheduler_poll_seconds: float = Field(0.25, gt=0)
+
+    # An error the dispatcher does not classify (a bug, a deterministic Redis error) is
+    # retried this many times with backoff, then dead-lettered as internal_error.
+    max_internal_errors: int = Field(3, ge=1)
+    # A message kombu restored this many times without any run reaching an outcome (its
+    # run kills the pool child, or hits the hard time limit, every time) is
+    # dead-lettered as internal_error on its next redelivery.
+    max_redeliveries: int = Field(5, ge=1)
+    # Each worker consumer refreshes its heartbeat this often and, as often, looks for
+    # consumers whose heartbeat is older than dead_after: the jobs those took go back to
+    # the queue at once (worker.ownership), long before the visibility timeout.
+    consumer_heartbeat_seconds: float = Field(2.0, gt=0)
+    consumer_dead_after_seconds: float = Field(10.0, gt=0)
 
     dlq_max_entries: int = Field(100_000, ge=1)
     dlq_max_age_seconds: float = Field(30 * 86_400.0, gt=0)
@@ -171,6 +190,27 @@ class Settings(BaseModel):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @model_validator(mode="after")
+    def _finite_numbers(self) -> Settings:
+        # pydantic accepts "inf" and "nan" for a float; every duration and rate here must
+        # be a number (an infinite max age made each delivery raise OverflowError).
+        fields = {field: variable for variable, field in _ENV.items()}
+        for name, value in self:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{fields.get(name, name)} must be a finite number")
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeats_before_death(self) -> Settings:
+        # A live consumer must be able to miss a heartbeat or two (a busy host, a slow
+        # Redis call) without being declared dead and having its jobs handed out again.
+        if self.consumer_dead_after_seconds < 3 * self.consumer_heartbeat_seconds:
+            raise ValueError(
+                "SNACKVIDEO_CONSUMER_DEAD_AFTER_SECONDS must be at least 3 times "
+                "SNACKVIDEO_CONSUMER_HEARTBEAT_SECONDS"
+            )
+        return self
 
     @property
     def request_deadline_seconds(self) -> float:
@@ -245,6 +285,9 @@ class Settings(BaseModel):
             fields = {field: variable for variable, field in _ENV.items()}
             problems = "; ".join(
                 f"{fields.get(str(err['loc'][0]), err['loc'][0])}: {err['msg']}"
+                if err["loc"]
+                # A check across fields names its variables itself.
+                else str(err["msg"]).removeprefix("Value error, ")
                 for err in exc.errors(include_input=False)
             )
             raise ValueError(f"invalid configuration: {problems}") from None

@@ -7,6 +7,11 @@ message is restored to the queue for the next worker to die on: one stray messag
 would stop every worker in turn. A body that is not JSON at all is acked and logged by
 Celery, but the job is gone. Both are parked here as ``invalid_job`` and acked instead,
 as DESIGN.md promises for any message the worker cannot read.
+
+So is a body nested deeper than ``MAX_BODY_DEPTH``: Celery pickles each request for its
+pool process, pickling recurses once per level, and near 500 levels the RecursionError
+escaped as "Unrecoverable error": the worker exited, and the message, restored, took the
+next worker down too (measured with kombu 5.7 / Celery 5.7 / CPython 3.11).
 """
 
 from __future__ import annotations
@@ -18,7 +23,15 @@ import redis
 from celery.worker.strategy import default
 from kombu.exceptions import DecodeError
 
+from producers.models import MAX_PAYLOAD_DEPTH
+from worker.settings import get_settings
+
 log = logging.getLogger("snackvideo.delivery")
+
+
+#: The body is [args, kwargs, embed], the payload a kwarg: its MAX_PAYLOAD_DEPTH levels
+#: plus the envelope's, with room to spare, and far below the ~500 that break pickling.
+MAX_BODY_DEPTH = MAX_PAYLOAD_DEPTH + 32
 
 
 def body_problem(body: Any) -> str | None:
@@ -37,6 +50,23 @@ def body_problem(body: Any) -> str | None:
     return None
 
 
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether containers nest more than ``limit`` levels in ``value`` (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def guarded(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
     """Celery's default strategy, after a check that the body can be unpacked at all."""
     handle = default(task, app, consumer, **kwargs)
@@ -45,11 +75,19 @@ def guarded(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
         message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any
     ) -> Any:
         if body is None:  # protocol 2: the body is decoded lazily, so look before Celery does
+            raw: Any
+            problem: str | None
             try:
-                problem = body_problem(message.payload)
-                raw: Any = message.payload
+                raw = message.payload
             except DecodeError as exc:
                 problem, raw = f"message body is not valid JSON: {exc}", message.body
+            else:
+                if _deeper_than(raw, MAX_BODY_DEPTH):
+                    # Keep its text: the decoded value is as hard to store as to pickle.
+                    problem = f"message body is nested deeper than {MAX_BODY_DEPTH} levels"
+                    raw = message.body
+                else:
+                    problem = body_problem(raw)
             if problem is not None:
                 return _dead_letter(message, raw, problem, ack, reject, consumer)
         return handle(message, body, ack, reject, callbacks, **kw)
@@ -63,10 +101,14 @@ def _dead_letter(
     from worker.tasks import get_dispatcher  # the task module imports this one's users
 
     task_id = message.headers.get("id") if isinstance(message.headers, dict) else None
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", errors="replace")
+    kept: dict[str, Any] = {"job_id": task_id, "raw": raw}
+    if isinstance(raw, bytes | str):
+        # The raw text, cut like a poison item's (worker.poison), with its full length.
+        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+        limit = get_settings().dlq_error_max_chars
+        kept.update(raw=text[:limit], raw_chars=len(text))
     try:
-        get_dispatcher().dead_letter_unreadable({"job_id": task_id, "raw": raw}, problem)
+        get_dispatcher().dead_letter_unreadable(kept, problem)
     except redis.RedisError as exc:
         log.warning("cannot dead-letter unreadable message %s: %s", task_id, exc)
         reject(log, consumer.connection_errors, requeue=True)

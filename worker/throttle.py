@@ -193,7 +193,7 @@ class Throttle:
         """One call of throttle_acquire.lua: (done, wait, Redis time of the answer)."""
         keys = [throttle_key(scope), throttle_in_flight_key(scope)]
         if marks is not None:
-            keys += [marks.delivered_key, DLQ_ENTRIES, marks.taken_key]
+            keys += [marks.delivered_key, DLQ_ENTRIES, marks.taken_key, marks.generation_key]
         wait_raw, now_raw = self._acquire(
             keys=keys,
             args=[
@@ -205,6 +205,7 @@ class Throttle:
                 FALLBACK_WINDOW_SECONDS,
                 marks.dlq_entry_id if marks is not None else "",
                 "1" if take_slot else "0",
+                *((marks.replay_count, marks.generation) if marks is not None else ()),
             ],
         )
         if _text(wait_raw) == "done":

@@ -1,4 +1,4 @@
--- keys=[state, in_flight, delivered?, dlq_entries?, dlq_taken?] args=[now, token, lease_seconds, default_interval_seconds, ttl_seconds, fallback_window_seconds, dlq_entry_id | "", take_slot]
+-- keys=[state, in_flight, delivered?, dlq_entries?, dlq_taken?, generation?] args=[now, token, lease_seconds, default_interval_seconds, ttl_seconds, fallback_window_seconds, dlq_entry_id | "", take_slot, replay_count?, generation?]
 -- Takes one request slot from a scope's shared budget, or says how long to wait.
 -- Returns {wait_seconds, now} as strings (a Lua number would come back truncated to an
 -- integer). wait "0": the slot is taken and `token` counts as in flight until
@@ -6,9 +6,10 @@
 -- budget for ever). Otherwise nothing is taken.
 --
 -- The job's done-check rides along (worker/marks.py), so a delivery pays one round trip
--- for both: with a dlq_entry_id (and the three `?` keys: the job's delivered-marker, the
--- dead-letter entries hash, the entry's tombstone), a job that is delivered, parked or
--- replayed answers {"done", now} before anything else, and nothing is taken. take_slot
+-- for both: with a dlq_entry_id (and the `?` keys: the job's delivered-marker, the
+-- dead-letter entries hash, the entry's tombstone, the job's generation record), a job
+-- that is delivered, dead-lettered, replayed or parked since as a later generation
+-- answers {"done", now} before anything else, and nothing is taken. take_slot
 -- "0" stops after that check ({"0", now}: not done), for the throttle turned off and for
 -- jobs about to be dead-lettered without a request.
 --
@@ -34,6 +35,17 @@ if dlq_entry_id ~= '' then
   if redis.call('EXISTS', KEYS[3]) == 1 or redis.call('HEXISTS', KEYS[4], dlq_entry_id) == 1
       or redis.call('EXISTS', KEYS[5]) == 1 then
     return {'done', fmt(now)}
+  end
+  -- schedule.lua records "replay:generation" of the job's latest parked message; a copy
+  -- behind it is one kombu restored after its run had parked the job: stand down.
+  local latest = KEYS[6] and redis.call('GET', KEYS[6])
+  if latest then
+    local r, g = string.match(latest, '^(%d+):(%d+)$')
+    r, g = tonumber(r), tonumber(g)
+    local my_r, my_g = tonumber(ARGV[9]), tonumber(ARGV[10])
+    if r and (my_r < r or (my_r == r and my_g < g)) then
+      return {'done', fmt(now)}
+    end
   end
 end
 if ARGV[8] == '0' then
