@@ -6,8 +6,10 @@ a log, a traceback or a debugger shows ``**********`` instead of the key.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 
@@ -22,6 +24,12 @@ MAX_REQUESTS_PER_RUN = 3
 #: A tombstone of a taken dead-letter entry lives at least this long (dlq_taken_ttl_seconds).
 MIN_DLQ_TAKEN_TTL_SECONDS = 600.0
 
+#: RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
 # environment variable -> field name
 _ENV = {
     "REDIS_URL": "redis_url",
@@ -35,6 +43,7 @@ _ENV = {
     "SNACKVIDEO_DEFAULT_RATE": "default_rate_per_second",
     "SNACKVIDEO_REDRIVE_INTERVAL_SECONDS": "redrive_interval_seconds",
     "SNACKVIDEO_METRICS_PORT": "metrics_port",
+    "SNACKVIDEO_METRICS_ADDRESS": "metrics_address",
     "SNACKVIDEO_HTTP_CONNECT_TIMEOUT_SECONDS": "http_connect_timeout_seconds",
     "SNACKVIDEO_HTTP_READ_TIMEOUT_SECONDS": "http_read_timeout_seconds",
     "SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS": "visibility_timeout_seconds",
@@ -69,6 +78,9 @@ class Settings(BaseModel):
     default_rate_per_second: float = Field(10.0, gt=0)
     redrive_interval_seconds: float = Field(900.0, gt=0)
     metrics_port: int = Field(9808, ge=0, le=65535)
+    # Loopback by default: /metrics shows queue depths, dead letters and rate-limit state to
+    # whoever reaches it. A Prometheus on another host or container network needs 0.0.0.0.
+    metrics_address: str = "127.0.0.1"
 
     # One POST never takes longer than connect + read, and a run sleeps for throttle slots
     # at most max_sleep in all; the visibility timeout must exceed the longest run
@@ -111,6 +123,18 @@ class Settings(BaseModel):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _ip_or_hostname(cls, value: str) -> str:
+        value = value.strip()
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            pass
+        if not _HOSTNAME.match(value):
+            raise ValueError("must be an IP address (127.0.0.1, 0.0.0.0, ::) or a hostname")
+        return value
 
     @field_validator("throttle_scope")
     @classmethod
