@@ -123,12 +123,13 @@ class Stack:
                 continue
             try:
                 state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+                raw_command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
                 environment = (entry / "environ").read_bytes().split(b"\0")
             except OSError:  # gone meanwhile, or not ours to read
                 continue
             if state == "Z":
                 continue
+            command = raw_command.decode(errors="replace").strip()
             embedded = redis_title is not None and command.endswith(f"redis-server {redis_title}")
             if marker in environment or embedded:
                 found[int(entry.name)] = command
@@ -271,7 +272,8 @@ def test_ctrl_c_stops_everything_but_a_reused_redis(
     stack.assert_all_stopped()
     assert "devstack: SIGINT received: stopping everything" in stack.output()
     assert server.process is not None and server.process.poll() is None
-    assert redis.Redis.from_url(server.url).ping()
+    with redis.Redis.from_url(server.url) as client:
+        assert client.ping()
 
 
 @pytest.mark.parametrize("victim", ["make", "devstack"])
@@ -353,7 +355,8 @@ def test_a_reused_redis_that_evicts_is_warned_about(
     own_redis: Callable[..., RedisServer],
 ) -> None:
     server = own_redis(appendonly=True)
-    redis.Redis.from_url(server.url).config_set("maxmemory-policy", "allkeys-lru")
+    with redis.Redis.from_url(server.url) as client:
+        client.config_set("maxmemory-policy", "allkeys-lru")
     lines = describe_reused_redis(server.url)
     assert lines[0] == "its appendonly is yes, its maxmemory-policy is allkeys-lru"
     assert lines[1:] == [
@@ -366,11 +369,11 @@ def test_a_redis_that_refuses_config_is_unknown_and_its_password_never_printed(
     own_redis: Callable[..., RedisServer],
 ) -> None:
     server = own_redis(appendonly=True)
-    admin = redis.Redis.from_url(server.url)
-    admin.acl_setuser(
-        "shop", enabled=True, passwords=["+s3cret-pw"], keys=["*"], channels=["*"],
-        commands=["+@all", "-config"],
-    )  # fmt: skip
+    with redis.Redis.from_url(server.url) as admin:
+        admin.acl_setuser(
+            "shop", enabled=True, passwords=["+s3cret-pw"], keys=["*"], channels=["*"],
+            commands=["+@all", "-config"],
+        )  # fmt: skip
     url = f"redis://shop:s3cret-pw@127.0.0.1:{server.port}/0"
     [line] = describe_reused_redis(url)
     assert line.startswith(
