@@ -22,8 +22,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# exec: the recipe's shell becomes devstack, so the SIGTERM make passes on to its recipe
+# (kill, timeout, an IDE's stop button) reaches devstack, which stops all it started;
+# --stop-with-parent: so does make's death by SIGKILL.
 run: $(STAMP)
-	$(BIN)/python scripts/devstack.py
+	exec $(BIN)/python -m scripts.devstack --stop-with-parent
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -7,6 +7,11 @@
     dlq purge  (ID... | --all | [--reason R] [--store S] [--older-than DURATION])
                [--dry-run] [--yes]
 
+An ID is an entry id from ``dlq list`` (``<job_id>-r<n>``, ``<job_id>-r<n>-invalid``) or
+the job id ``enqueue`` printed, which names that job's latest entry. What an entry holds
+came from outside (Scalev's answer, a shop's payload): the tables print it through
+``visible``, so an escape sequence in it shows as text instead of acting on the terminal.
+
 Exit status: 0 done, 1 an entry named was not there (or the operator declined), 2 a bad
 argument. Replay and purge select their entries first, print what they will touch, then
 take them in one atomic step per chunk (``DeadLetterStore``); an entry another operator or
@@ -28,6 +33,7 @@ from typing import Any
 from worker.connections import redis_client
 from worker.deadletter import DeadLetter, DeadLetterStore
 from worker.settings import get_settings
+from worker.visible import visible
 
 DEFAULT_LIST_LIMIT = 50
 
@@ -37,6 +43,12 @@ _REASON = re.compile(r"^(http_[1-5]\d\d|" + "|".join(KNOWN_REASONS) + r")$")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 7 * 86_400}
+
+#: What an unknown ID is told: the forms an ID may take.
+ID_FORMS = (
+    "give the job id that enqueue printed, or an entry id from dlq list "
+    "(<job_id>-r<n>, <job_id>-r<n>-invalid)"
+)
 
 
 class UsageError(ValueError):
@@ -99,7 +111,7 @@ def add_parser(commands: Any) -> None:
     listing.set_defaults(handler=_guarded(cmd_list))
 
     show = sub.add_parser("show", help="print one entry: payload, reason, response body")
-    show.add_argument("id")
+    show.add_argument("id", help="a job id (its latest entry) or an entry id")
     show.add_argument("--json", action="store_true", help="print the entry as JSON")
     show.set_defaults(handler=_guarded(cmd_show))
 
@@ -123,7 +135,9 @@ def add_parser(commands: Any) -> None:
 
 
 def _add_selection(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ids", nargs="*", metavar="ID", help="entry ids (see dlq list)")
+    parser.add_argument(
+        "ids", nargs="*", metavar="ID", help="job ids (their latest entry) or entry ids"
+    )
     parser.add_argument("--all", action="store_true", help="every entry")
     parser.add_argument("--reason")
     parser.add_argument("--store")
@@ -168,17 +182,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     )
     for entry in entries:
         print(
-            f"{entry.id:<40} {entry.reason:<17} {entry.status_code or '-':>6} "
-            f"{entry.store_id or '-':<16} {_cut(entry.click_id or '-', 24):<24} "
+            f"{visible(entry.id):<40} {visible(entry.reason):<17} "
+            f"{entry.status_code or '-':>6} {visible(entry.store_id or '-'):<16} "
+            f"{_cut(visible(entry.click_id or '-'), 24):<24} "
             f"{entry.replay_count:>7}  {_time(entry.dead_lettered_at)}"
         )
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    entry = open_store().get(args.id)
+    entry = open_store().find(args.id)
     if entry is None:
-        print(f"error: no dead-letter entry {args.id!r} (see: dlq list)", file=sys.stderr)
+        _report_missing([args.id])
         return 1
     if args.json:
         print(json.dumps(entry.to_dict(), indent=2, default=repr))
@@ -197,12 +212,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("dead_lettered_at", _time(entry.dead_lettered_at)),
     ]
     for name, value in rows:
-        print(f"{name + ':':<18} {value}")
+        print(f"{name + ':':<18} {visible(str(value))}")
     print("error:")
-    print(_indent(entry.error or "-"))
+    print(_indent(visible(entry.error or "-", multiline=True)))
     print("payload:")
-    print(_indent(json.dumps(entry.payload, indent=2, ensure_ascii=False, default=repr)))
-    print(f"\nreplay with: snackvideo dlq replay {entry.id}")
+    # JSON already escapes C0 controls in strings; visible() shows the rest (C1, bidi).
+    payload = json.dumps(entry.payload, indent=2, ensure_ascii=False, default=repr)
+    print(_indent(visible(payload, multiline=True)))
+    print(f"\nreplay with: snackvideo dlq replay {visible(entry.id)}")
     return 0
 
 
@@ -239,7 +256,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if oldest is not None:
         age = _span(time.time() - oldest["dead_lettered_at"])
         print(
-            f"oldest       {oldest['id']} {oldest['reason']} "
+            f"oldest       {visible(oldest['id'])} {visible(oldest['reason'])} "
             f"{_time(oldest['dead_lettered_at'])} UTC ({age} ago)"
         )
     _print_counts("by reason", stats["by_reason"])
@@ -247,7 +264,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     trimmed = stats["trimmed_by_reason"]
     print(f"trimmed by retention  {sum(trimmed.values())}")
     for reason, count in trimmed.items():
-        print(f"  {reason:<22} {count}")
+        print(f"  {visible(reason):<22} {count}")
     return 0
 
 
@@ -269,15 +286,15 @@ def select(store: DeadLetterStore, args: argparse.Namespace) -> tuple[list[DeadL
         )
         raise UsageError(f"say which entries: give entry IDs or {options}")
     if args.ids:
-        found: list[DeadLetter] = []
+        found: dict[str, DeadLetter] = {}  # each entry once (a job id and its entry id)
         missing: list[str] = []
-        for wanted in dict.fromkeys(args.ids):  # each id once, in the order given
-            entry = store.get(wanted)
+        for wanted in dict.fromkeys(args.ids):  # in the order given
+            entry = store.find(wanted)
             if entry is None:
                 missing.append(wanted)
             else:
-                found.append(entry)
-        return found, missing
+                found.setdefault(entry.id, entry)
+        return list(found.values()), missing
     before = time.time() - parse_duration(older_than) if older_than else None
     return store.list(reason=reason, store_id=store_id, older_than=before, newest_first=False), []
 
@@ -287,27 +304,28 @@ def describe(verb: str, entries: Sequence[DeadLetter]) -> None:
     print(f"{verb} {_count(len(entries))}")
     if not entries:
         return
-    by_reason = Counter(entry.reason for entry in entries)
-    by_store = Counter(entry.store_id or "-" for entry in entries)
+    by_reason = Counter(visible(entry.reason) for entry in entries)
+    by_store = Counter(visible(entry.store_id or "-") for entry in entries)
     print("  by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items())))
     print("  by store:  " + ", ".join(f"{k} {v}" for k, v in sorted(by_store.items())))
     for entry in entries:
         print(
-            f"  {entry.id}  {entry.reason}  {entry.store_id or '-'}  "
-            f"click_id={entry.click_id or '-'}"
+            f"  {visible(entry.id)}  {visible(entry.reason)}  {visible(entry.store_id or '-')}  "
+            f"click_id={visible(entry.click_id or '-')}"
         )
 
 
-def _report_missing(missing: Sequence[str], what: str) -> None:
-    for entry_id in missing:
-        print(f"error: no dead-letter entry {entry_id!r}{what}", file=sys.stderr)
+def _report_missing(missing: Sequence[str], why: str = f": {ID_FORMS}") -> None:
+    for wanted in missing:
+        # repr: a pasted id may hold anything, and repr escapes what is not printable.
+        print(f"error: no dead-letter entry {wanted!r}{why}", file=sys.stderr)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     store = open_store()
     entries, missing = select(store, args)
     if missing:
-        _report_missing(missing, "")
+        _report_missing(missing)
         print("nothing replayed", file=sys.stderr)
         return 1
     if args.dry_run:
@@ -324,7 +342,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
     store = open_store()
     entries, missing = select(store, args)
     if missing:
-        _report_missing(missing, "")
+        _report_missing(missing)
         print("nothing purged", file=sys.stderr)
         return 1
     if args.dry_run:
@@ -382,4 +400,4 @@ def _indent(text: str) -> str:
 def _print_counts(title: str, counts: dict[str, int]) -> None:
     print(f"{title:<12} {sum(counts.values())}")
     for name, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
-        print(f"  {name:<22} {count}")
+        print(f"  {visible(name):<22} {count}")

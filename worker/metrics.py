@@ -18,8 +18,9 @@ collector in the worker's main process adds them up. The wiring:
   so totals stay exact while the directory does not grow by two files per dead child.
   A child killed by SIGKILL never runs it; each scrape folds the files of pids that are
   gone. Folding and scraping hold one file lock, so no scrape counts a child twice.
-- ``MetricsServerStep`` serves ``/metrics`` on ``SNACKVIDEO_METRICS_PORT`` from the main
-  process once the pool is up (0 disables metrics); a child never binds the port.
+- ``MetricsServerStep`` serves ``/metrics`` on ``SNACKVIDEO_METRICS_ADDRESS`` (loopback
+  unless set) and ``SNACKVIDEO_METRICS_PORT`` from the main process once the pool is up
+  (port 0 disables metrics); a child never binds the port.
 
 Live state (queue depth, scheduled retries, dead-letter depth, rate-limit remaining,
 events enqueued) is read from Redis at scrape time by ``RedisStateCollector``, not kept in
@@ -60,7 +61,6 @@ log = logging.getLogger("snackvideo.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LOCK_FILE = ".snackvideo.lock"  # not *.db: the collector's glob must not read it
-METRICS_ADDR = "0.0.0.0"
 
 # Files of one process: counter_<pid>.db, histogram_<pid>.db (gauges are never per-process
 # here, see the module docstring).
@@ -461,6 +461,17 @@ def _retire_child(pid: int | None = None, **_: Any) -> None:
     retire_process(pid if pid is not None else os.getpid())
 
 
+def _metrics_address() -> str:
+    from worker.settings import get_settings
+
+    return get_settings().metrics_address
+
+
+def _host_port(address: str, port: int) -> str:
+    """``127.0.0.1:9808``, ``[::1]:9808``: what an operator pastes into a URL."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 class MetricsServerStep(bootsteps.StartStopStep):
     """Serves /metrics from the worker's main process, once the pool's children exist."""
 
@@ -476,16 +487,17 @@ class MetricsServerStep(bootsteps.StartStopStep):
             return
         from worker.connections import redis_client
 
+        address = _metrics_address()
         try:
             self.server, _thread = start_http_server(
-                port, METRICS_ADDR, registry=build_registry(_directory, redis_client())
+                port, address, registry=build_registry(_directory, redis_client())
             )
-        except OSError as exc:
+        except OSError as exc:  # in use, an address not on this host, a name that won't resolve
             # Delivering events matters more than exposing numbers about it: keep working;
             # Prometheus shows this target down, which is what the operator must notice.
-            log.error("metrics: cannot serve on port %s: %s", port, exc)
+            log.error("metrics: cannot serve on port %s of %s: %s", port, address, exc)
             return
-        log.info("metrics: serving /metrics on %s:%s", METRICS_ADDR, port)
+        log.info("metrics: serving /metrics on %s", _host_port(address, port))
 
     def stop(self, parent: Any) -> None:
         if self.server is not None:

@@ -10,6 +10,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from urllib.parse import urlsplit
@@ -47,6 +48,12 @@ HARD_TIME_LIMIT_GRACE_SECONDS = 15.0
 #: Base URL hosts that may be plain http: the key never leaves this machine.
 LOOPBACK_NAMES = frozenset({"localhost"})
 
+#: RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
 # environment variable -> field name
 _ENV = {
     "REDIS_URL": "redis_url",
@@ -60,6 +67,7 @@ _ENV = {
     "SNACKVIDEO_DEFAULT_RATE": "default_rate_per_second",
     "SNACKVIDEO_REDRIVE_INTERVAL_SECONDS": "redrive_interval_seconds",
     "SNACKVIDEO_METRICS_PORT": "metrics_port",
+    "SNACKVIDEO_METRICS_ADDRESS": "metrics_address",
     "SNACKVIDEO_HTTP_CONNECT_TIMEOUT_SECONDS": "http_connect_timeout_seconds",
     "SNACKVIDEO_HTTP_READ_TIMEOUT_SECONDS": "http_read_timeout_seconds",
     "SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS": "visibility_timeout_seconds",
@@ -104,6 +112,9 @@ class Settings(BaseModel):
     default_rate_per_second: float = Field(10.0, gt=0)
     redrive_interval_seconds: float = Field(900.0, gt=0)
     metrics_port: int = Field(9808, ge=0, le=65535)
+    # Loopback by default: /metrics shows queue depths, dead letters and rate-limit state to
+    # whoever reaches it. A Prometheus on another host or container network needs 0.0.0.0.
+    metrics_address: str = "127.0.0.1"
 
     # One request is cut at connect + read (request_deadline_seconds), and a run sleeps
     # for throttle slots at most max_sleep in all. Celery's soft time limit sits above the
@@ -176,6 +187,18 @@ class Settings(BaseModel):
                 "for a trusted private network (loopback hosts need neither)"
             )
         return value.rstrip("/")
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _ip_or_hostname(cls, value: str) -> str:
+        value = value.strip()
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            pass
+        if not _HOSTNAME.match(value):
+            raise ValueError("must be an IP address (127.0.0.1, 0.0.0.0, ::) or a hostname")
+        return value
 
     @field_validator("throttle_scope")
     @classmethod

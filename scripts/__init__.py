@@ -1,0 +1,1 @@
+"""Tools run from a checkout (``make run``); not installed with the package."""

