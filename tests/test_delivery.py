@@ -1,6 +1,6 @@
 """End to end: producer -> Redis -> real celery worker processes -> the sandbox over HTTP.
 
-Every outcome row of DESIGN.md's table that the core path owns, observed from the
+Every outcome row of the README's table that the core path owns, observed from the
 outside: what the sandbox received, what Redis holds afterwards, what the worker logged.
 """
 

@@ -1,4 +1,4 @@
-"""Delivering one job: the decisions of DESIGN.md's outcomes table, free of Celery.
+"""Delivering one job: the decisions of the README's outcomes table, free of Celery.
 
 The task in ``worker.tasks`` hands each message to ``Dispatcher.deliver`` and turns the
 returned ``Outcome`` into Celery states. Everything the dispatcher touches (Redis, the

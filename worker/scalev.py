@@ -43,7 +43,7 @@ log = logging.getLogger("snackvideo.scalev")
 
 API_KEY_HEADER = "X-Scalev-Storefront-Api-Key"
 EVENTS_PATH = "/v3/stores/{store_id}/public/analytics/snackvideo/events"
-# DESIGN.md exempts 408, 409, 425 and 429 from "permanent 4xx". 409 (a conflict, e.g. a
+# The outcomes table exempts 408, 409, 425 and 429 from "permanent 4xx". 409 (a conflict, e.g. a
 # concurrent write on Scalev's side) is retried with backoff like 408 and 425.
 RETRYABLE_4XX = frozenset({408, 409, 425})
 USER_AGENT = "snackvideo-dispatch/0.1"
@@ -74,7 +74,7 @@ def events_url(base_url: str, store_id: str) -> str:
 
 
 def classify(status_code: int, body: str, headers: dict[str, str]) -> Delivered | DeliveryError:
-    """Map one HTTP answer onto the outcomes table of DESIGN.md (3xx: never followed)."""
+    """Map one HTTP answer onto the README's outcomes table (3xx: never followed)."""
     if 200 <= status_code < 300:
         return Delivered(status_code, headers)
     message = f"Scalev answered {status_code}"

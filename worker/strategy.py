@@ -6,7 +6,7 @@ the worker's main process, outside any task. A body of another shape (``{}``, ``
 message is restored to the queue for the next worker to die on: one stray message
 would stop every worker in turn. A body that is not JSON at all is acked and logged by
 Celery, but the job is gone. Both are parked here as ``invalid_job`` and acked instead,
-as DESIGN.md promises for any message the worker cannot read.
+as the README promises for any message the worker cannot read.
 
 So is a body nested deeper than ``MAX_BODY_DEPTH``: Celery pickles each request for its
 pool process, pickling recurses once per level, and near 500 levels the RecursionError
