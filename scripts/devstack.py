@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from producers.urls import without_password
 from scripts.dev_redis import (
     RedisStartError,
     describe_reused_redis,
@@ -256,8 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings, processes = configure(env)
         services = listening_services(env, settings, sandbox="sandbox" in processes)
-    except ValueError as exc:  # names the variable; never echoes a key
-        say(f"error: {exc}")
+    except ValueError as exc:  # one line naming the variable; never echoes a key
+        print(f"devstack: error: {exc}", file=sys.stderr, flush=True)
         return 2
     for service in services:
         error = service.bind_error()
@@ -288,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "sandbox" in processes:
             say("SCALEV_API_BASE_URL unset: delivering to the sandbox")
         else:
-            say(f"delivering to SCALEV_API_BASE_URL={settings.scalev_api_base_url}")
+            shown = without_password(settings.scalev_api_base_url)
+            say(f"delivering to SCALEV_API_BASE_URL={shown}")
         if not stop.requested:
             procfile = str(ROOT / "Procfile")
             honcho = subprocess.Popen(
