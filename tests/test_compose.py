@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
+from producers.settings import ProducerSettings
 from sandbox.state import DEFAULT_STORES
 from tests.conftest import ROOT
-from producers.settings import ProducerSettings
 from worker.settings import Settings
 
 COMPOSE = ROOT / "docker-compose.yml"

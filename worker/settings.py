@@ -352,7 +352,9 @@ class Settings(ProducerSettings):
         if self.soft_time_limit_seconds >= self.hard_time_limit_seconds:
             raise ValueError(
                 "SNACKVIDEO_TASK_SOFT_TIME_LIMIT_SECONDS "
-                f"({self.soft_time_limit_seconds:g}s) must be below "
+                f"({self.soft_time_limit_seconds:g}s; by default derived from "
+                "SNACKVIDEO_HTTP_CONNECT_TIMEOUT_SECONDS, SNACKVIDEO_HTTP_READ_TIMEOUT_SECONDS "
+                "and SNACKVIDEO_MAX_SLEEP_SECONDS) must be below "
                 f"SNACKVIDEO_TASK_TIME_LIMIT_SECONDS ({self.hard_time_limit_seconds:g}s), "
                 "or a run is killed before it can park its job"
             )
@@ -360,8 +362,12 @@ class Settings(ProducerSettings):
             raise ValueError(
                 "SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS must exceed the hard time limit of a "
                 f"task run ({self.min_visibility_timeout_seconds:g}s: "
-                "SNACKVIDEO_TASK_TIME_LIMIT_SECONDS, by default derived from the HTTP "
-                "timeouts and SNACKVIDEO_MAX_SLEEP_SECONDS), or a slow job runs twice"
+                "SNACKVIDEO_TASK_TIME_LIMIT_SECONDS, by default "
+                f"{HARD_TIME_LIMIT_GRACE_SECONDS:g}s above "
+                "SNACKVIDEO_TASK_SOFT_TIME_LIMIT_SECONDS, "
+                "itself by default derived from SNACKVIDEO_HTTP_CONNECT_TIMEOUT_SECONDS, "
+                "SNACKVIDEO_HTTP_READ_TIMEOUT_SECONDS and SNACKVIDEO_MAX_SLEEP_SECONDS), or a "
+                "slow job runs twice"
             )
         return self
 
