@@ -87,11 +87,17 @@ def env_field(default: Any, variable: str, **constraints: Any) -> Any:
 
 
 class _MappingEnvSource(EnvSettingsSource):
-    """pydantic-settings' environment source, over a given mapping."""
+    """pydantic-settings' environment source over a given mapping, reading the fields'
+    variables only. (With fields settable by name, pydantic-settings would also read a
+    variable spelt like a field, ``max_attempts``: no such variable is part of the
+    configuration.)"""
 
     def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
         super().__init__(settings_cls)
-        self.env_vars = {name: value for name, value in environ.items() if value != ""}
+        variables = {field.validation_alias for field in settings_cls.model_fields.values()}
+        self.env_vars = {
+            name: value for name, value in environ.items() if name in variables and value != ""
+        }
 
 
 class EnvSettings(BaseSettings):
@@ -141,8 +147,8 @@ class EnvSettings(BaseSettings):
         # Arguments, then the environment; no .env or secrets files: all configuration is
         # environment variables, and a stray file in the working directory changes nothing.
         environ = _environ.get()
-        env = env_settings if environ is None else _MappingEnvSource(settings_cls, environ)
-        return (init_settings, env)
+        source = _MappingEnvSource(settings_cls, os.environ if environ is None else environ)
+        return (init_settings, source)
 
     @classmethod
     def variable_of(cls, field: str) -> str:

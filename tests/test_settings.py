@@ -230,6 +230,15 @@ def test_empty_variables_are_unset_and_from_env_reads_only_its_mapping(
         Settings()  # the process's own environment
 
 
+def test_only_the_documented_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fields may be set by name in code; a variable spelt like a field is no setting.
+    environ = {"max_attempts": "-1", "redis_url": "http://x", "MAX_ATTEMPTS": "0"}
+    assert Settings.from_env(environ).max_attempts == 10
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert Settings().max_attempts == 10
+
+
 # -- keys and URLs -------------------------------------------------------------------------
 
 
