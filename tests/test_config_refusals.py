@@ -95,7 +95,8 @@ def assert_refused(command: list[str], variable: str, value: str) -> str:
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and done.stderr.endswith("\n"), shown
     (line,) = lines
-    assert line.startswith("error: invalid configuration: "), shown
+    # devstack prefixes what it checks itself (the ports it fills in) with its name.
+    assert line.removeprefix("devstack: ").startswith("error: invalid configuration: "), shown
     assert variable in line, shown
     assert "Traceback" not in line
     assert SECRET not in line and PASSWORD not in line, shown
@@ -127,4 +128,12 @@ def test_a_key_that_is_no_header_value_names_the_store_not_the_key() -> None:
     assert line == (
         'error: invalid configuration: SCALEV_STOREFRONT_API_KEYS: the key of store "shop-1" '
         "is not a valid HTTP header value (control character)"
+    )
+
+
+@pytest.mark.parametrize("variable", ["SANDBOX_PORT", "FLOWER_PORT"])
+def test_devstack_names_a_bad_port_it_would_build_on(variable: str) -> None:
+    line = assert_refused(DEVSTACK, variable, "80x")
+    assert line == (
+        f"devstack: error: invalid configuration: {variable}: must be an integer from 1 to 65535"
     )
