@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, ClassVar, Self, get_args
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import Field, ValidationError, field_serializer, field_validator
@@ -116,6 +116,8 @@ class EnvSettings(BaseSettings):
 
     #: URL schemes this side's Redis client understands.
     REDIS_SCHEMES: ClassVar[tuple[str, ...]] = ("redis", "rediss", "unix")
+    #: Query arguments of REDIS_URL this side's client cannot take.
+    REDIS_QUERY_REFUSED: ClassVar[frozenset[str]] = frozenset()
 
     redis_url: str = env_field(DEFAULT_REDIS_URL, "REDIS_URL")
 
@@ -185,6 +187,12 @@ class EnvSettings(BaseSettings):
             raise ValueError(f"{rule} with a host")
         elif not _REDIS_DB_PATH.match(parts.path):
             raise ValueError(f"{rule}; its path, if any, is the database number (/0)")
+        refused = {name for name, _ in parse_qsl(parts.query)} & cls.REDIS_QUERY_REFUSED
+        if refused:
+            raise ValueError(
+                f"{rule} without {', '.join(sorted(refused))} in its query: give the user "
+                "and password as user:password@ before the host"
+            )
         return value
 
 

@@ -48,6 +48,7 @@ BAD_VALUES = [
     ("SNACKVIDEO_REDRIVE_REASONS", "http_4O4"),
     ("SCALEV_API_BASE_URL", f"https://dispatch:{PASSWORD}@api.scalev.com"),
     ("REDIS_URL", f"redis://dispatch:{PASSWORD}@127.0.0.1:99999/0"),
+    ("REDIS_URL", f"redis://127.0.0.1:1/0?password={PASSWORD}"),
     ("SNACKVIDEO_ENQUEUE_TIMEOUT_SECONDS", "abc"),
     ("SNACKVIDEO_IDEMPOTENCY_TTL_SECONDS", "-1"),
     ("SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS", "60"),

@@ -328,6 +328,17 @@ def test_the_worker_takes_only_urls_its_broker_understands() -> None:
     assert ProducerSettings.from_env({"REDIS_URL": "unix:///run/redis.sock"})
 
 
+def test_the_worker_refuses_a_redis_password_in_the_query() -> None:
+    # kombu cannot read it there: every process died in a TypeError traceback.
+    url = f"redis://127.0.0.1:6379/0?password={PASSWORD}"
+    message = refusal({"REDIS_URL": url})
+    assert "REDIS_URL: must be a redis:// or rediss:// URL without password in its query" in (
+        message
+    )
+    assert PASSWORD not in message
+    assert ProducerSettings.from_env({"REDIS_URL": url}).redis_url == url  # redis-py reads it
+
+
 def test_a_redis_password_is_masked_wherever_settings_are_shown() -> None:
     url = f"redis://dispatch:{PASSWORD}@127.0.0.1:6379/0"
     settings = Settings.from_env({"REDIS_URL": url})

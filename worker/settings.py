@@ -81,6 +81,11 @@ WEEK = 7 * DAY
 class Settings(ProducerSettings):
     # kombu's broker transport takes redis:// and rediss:// (worker.transport), not unix://.
     REDIS_SCHEMES: ClassVar[tuple[str, ...]] = ("redis", "rediss")
+    # kombu's URL parser passes the query as keywords beside the ones it reads from the
+    # URL itself: ?password=... made every process die in a TypeError traceback.
+    REDIS_QUERY_REFUSED: ClassVar[frozenset[str]] = frozenset(
+        {"transport", "hostname", "port", "userid", "password", "virtual_host"}
+    )
 
     # Declared before the base URL, whose validator reads it. http:// to a host other
     # than this machine sends the storefront key in clear: refused unless this is on.
