@@ -72,7 +72,7 @@ def test_a_worker_with_a_redis_password_delivers_and_shows_it_nowhere(
     shown: dict[str, str] = {}
     for args in (["status"], ["status", "--json"]):
         done = subprocess.run(
-            [SNACKVIDEO, *args, "--timeout", "5"],
+            [SNACKVIDEO, *args, "--timeout", "2"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
