@@ -14,7 +14,6 @@ returns that result and pushes nothing.
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 import uuid
@@ -33,7 +32,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from producers.errors import EnqueueError, InvalidEvent
+from producers.errors import ConfigurationError, EnqueueError, InvalidEvent
 from producers.keys import (
     DELIVERY_QUEUE,
     ENQUEUED_COUNTER,
@@ -42,10 +41,7 @@ from producers.keys import (
 )
 from producers.message import build_message
 from producers.models import JOB_SCHEMA_VERSION, validate_payload, validate_store_id
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_IDEMPOTENCY_TTL_SECONDS = 48 * 3600
-DEFAULT_ENQUEUE_TIMEOUT_SECONDS = 5.0
+from producers.settings import ProducerSettings
 
 # Errors after which the same call may succeed: a restart, a failover, a full Redis that
 # the operator is draining. Anything else (a bug, a bad script) fails at once.
@@ -81,14 +77,15 @@ class Producer:
         idempotency_ttl_seconds: int | None = None,
         client: redis.Redis | None = None,
     ) -> None:
-        env = os.environ
-        self.redis_url = redis_url or env.get("REDIS_URL", DEFAULT_REDIS_URL)
-        self.timeout_seconds = timeout_seconds or float(
-            env.get("SNACKVIDEO_ENQUEUE_TIMEOUT_SECONDS", DEFAULT_ENQUEUE_TIMEOUT_SECONDS)
+        settings = producer_settings(
+            redis_url=redis_url,
+            timeout_seconds=timeout_seconds,
+            idempotency_ttl_seconds=idempotency_ttl_seconds,
         )
-        self.idempotency_ttl_seconds = idempotency_ttl_seconds or int(
-            env.get("SNACKVIDEO_IDEMPOTENCY_TTL_SECONDS", DEFAULT_IDEMPOTENCY_TTL_SECONDS)
-        )
+        self.settings = settings
+        self.redis_url = settings.redis_url
+        self.timeout_seconds = settings.enqueue_timeout_seconds
+        self.idempotency_ttl_seconds = settings.idempotency_ttl_seconds
         # redis-py's own retry is switched off so that the one policy below bounds the call.
         # The bound covers the whole call: retries stop starting once the last one could
         # still run its full socket timeout before the deadline.
@@ -189,6 +186,30 @@ class Producer:
 
     def close(self) -> None:
         self.client.close()
+
+
+#: Producer's arguments and the settings fields they stand for.
+_ARGUMENT_FIELDS = {
+    "redis_url": "redis_url",
+    "timeout_seconds": "enqueue_timeout_seconds",
+    "idempotency_ttl_seconds": "idempotency_ttl_seconds",
+}
+
+
+def producer_settings(**arguments: Any) -> ProducerSettings:
+    """The environment's settings with the arguments given (not None) in their place,
+    every one checked by the same rules; a refusal names an argument as the caller wrote
+    it (``timeout_seconds``), a variable by its name (``REDIS_URL``)."""
+    given = {
+        _ARGUMENT_FIELDS[name]: value for name, value in arguments.items() if value is not None
+    }
+    try:
+        return ProducerSettings.from_env(**given)
+    except ConfigurationError as exc:
+        argument_of = {field: name for name, field in _ARGUMENT_FIELDS.items()}
+        raise ConfigurationError(
+            [(argument_of.get(name, name), rule) for name, rule in exc.problems]
+        ) from None
 
 
 def call_ttl_seconds(timeout_seconds: float, socket_timeout: float) -> int:

@@ -10,10 +10,11 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import urlparse
 
 import redis
 
+from producers.urls import without_password
 from scripts.process_tree import stop_with
 
 #: How long a stopping redis-server may take (it writes the AOF's tail) before SIGKILL.
@@ -22,11 +23,7 @@ REDIS_STOP_SECONDS = 10.0
 
 def export_line(url: str) -> str:
     """The line a second terminal pastes; a password in the URL is not printed."""
-    parsed = urlparse(url)
-    if parsed.password is None:
-        return f"export REDIS_URL={shlex.quote(url)}"
-    hidden = f"{parsed.username or ''}:<password>@{parsed.netloc.rpartition('@')[2]}"
-    return f"export REDIS_URL={shlex.quote(urlunparse(parsed._replace(netloc=hidden)))}"
+    return f"export REDIS_URL={shlex.quote(without_password(url, mask='<password>'))}"
 
 
 def redis_answers(url: str) -> bool:

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from producers.errors import ConfigurationError
+from producers.urls import without_password
 from scripts.dev_redis import (
     RedisStartError,
     describe_reused_redis,
@@ -141,7 +143,7 @@ def listening_services(env: dict[str, str], settings: Settings, sandbox: bool) -
 def _port(env: dict[str, str], variable: str) -> int:
     value = env[variable]
     if not value.isdigit() or not 0 < int(value) < 65536:
-        raise ValueError(f"invalid configuration: {variable}: must be a port number")
+        raise ConfigurationError([(variable, "must be an integer from 1 to 65535")])
     return int(value)
 
 
@@ -223,8 +225,9 @@ def configure(env: dict[str, str]) -> tuple[Settings, list[str]]:
     env.setdefault("FLOWER_ADDRESS", "127.0.0.1")
     processes = ["worker", "beat", "flower"]
     if not env.get("SCALEV_API_BASE_URL"):
-        port = env.setdefault("SANDBOX_PORT", "8099")
-        env["SCALEV_API_BASE_URL"] = f"http://127.0.0.1:{port}"
+        env.setdefault("SANDBOX_PORT", "8099")
+        # Checked here: a bad port would otherwise be refused as the base URL built from it.
+        env["SCALEV_API_BASE_URL"] = f"http://127.0.0.1:{_port(env, 'SANDBOX_PORT')}"
         demo_stores = (ROOT / "sandbox" / "demo-stores.json").read_text()
         env.setdefault("SANDBOX_STORES", demo_stores)
         if not env.get("SCALEV_STOREFRONT_API_KEYS") and not env.get("SCALEV_STOREFRONT_API_KEY"):
@@ -256,8 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings, processes = configure(env)
         services = listening_services(env, settings, sandbox="sandbox" in processes)
-    except ValueError as exc:  # names the variable; never echoes a key
-        say(f"error: {exc}")
+    except ValueError as exc:  # one line naming the variable; never echoes a key
+        print(f"devstack: error: {exc}", file=sys.stderr, flush=True)
         return 2
     for service in services:
         error = service.bind_error()
@@ -288,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "sandbox" in processes:
             say("SCALEV_API_BASE_URL unset: delivering to the sandbox")
         else:
-            say(f"delivering to SCALEV_API_BASE_URL={settings.scalev_api_base_url}")
+            shown = without_password(settings.scalev_api_base_url)
+            say(f"delivering to SCALEV_API_BASE_URL={shown}")
         if not stop.requested:
             procfile = str(ROOT / "Procfile")
             honcho = subprocess.Popen(

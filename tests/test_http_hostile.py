@@ -273,10 +273,10 @@ def test_a_worker_refuses_to_start_with_a_remote_http_base_url(redis_url: str) -
          "--concurrency", "1", "--without-mingle", "--without-gossip"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert done.returncode != 0
+    assert done.returncode == 2
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     assert len(lines) == 1, lines
-    assert lines[0].startswith("invalid configuration: SCALEV_API_BASE_URL:")
+    assert lines[0].startswith("error: invalid configuration: SCALEV_API_BASE_URL:")
     assert "SNACKVIDEO_ALLOW_INSECURE_HTTP" in lines[0]
 
 

@@ -14,21 +14,25 @@ from typing import Any
 from celery import Celery, bootsteps
 from kombu.entity import Exchange, Queue
 
+from producers.errors import ConfigurationError
 from producers.keys import DELIVER_TASK, DELIVERY_QUEUE
 from worker import celery_logs  # noqa: F401 (connects its logging signal handlers)
 from worker.connections import redis_client
 from worker.keys import CONTROL_QUEUE, REDRIVE_TASK
 from worker.metrics import MetricsServerStep
 from worker.scheduler import DelayedJobs, DueJobMover
-from worker.settings import get_settings
+from worker.settings import get_settings, refuse
 from worker.skew import ClockSkewStep
 from worker.transport import register_transport
 
 try:
     settings = get_settings()
-except ValueError as exc:
-    # One line naming the variable, not an import traceback (celery, the CLI, Flower).
-    raise SystemExit(str(exc)) from None
+except ConfigurationError as exc:
+    # Every process imports this first: celery worker, beat and flower, the snackvideo
+    # CLI. Raised on, the error would be an import traceback (celery's "Unable to load
+    # celery application" with it, exit 2 or 1); SystemExit(str) would print the line but
+    # exit 1. One line on stderr and exit 2, the usual status of a usage error.
+    refuse(exc)
 # redis:// now means kombu's Redis transport with the guards of worker.transport.
 register_transport()
 
@@ -121,21 +125,6 @@ app.conf.update(
     worker_hijack_root_logger=True,
     worker_redirect_stdouts=False,
 )
-
-if settings.soft_time_limit_seconds >= settings.hard_time_limit_seconds:
-    raise SystemExit(
-        "invalid configuration: SNACKVIDEO_TASK_SOFT_TIME_LIMIT_SECONDS "
-        f"({settings.soft_time_limit_seconds:g}s) must be below "
-        f"SNACKVIDEO_TASK_TIME_LIMIT_SECONDS ({settings.hard_time_limit_seconds:g}s), "
-        "or a run is killed before it can park its job"
-    )
-if settings.visibility_timeout_seconds <= settings.min_visibility_timeout_seconds:
-    raise SystemExit(
-        "invalid configuration: SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS must exceed the hard "
-        f"time limit of a task run ({settings.min_visibility_timeout_seconds:g}s: "
-        "SNACKVIDEO_TASK_TIME_LIMIT_SECONDS, by default derived from the HTTP timeouts and "
-        "SNACKVIDEO_MAX_SLEEP_SECONDS), or a slow job runs twice"
-    )
 
 
 class DueJobsStep(bootsteps.StartStopStep):

@@ -58,7 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except KeyboardInterrupt:
         return 130
-    except ValueError as exc:  # configuration errors name the variable
+    except ValueError as exc:
+        # A ConfigurationError (one line: the variable and its rule, never the value) or
+        # a usage error the command names. A setting the worker's settings refuse stops
+        # the CLI earlier, at import (worker.app), the same way.
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except redis.RedisError as exc:

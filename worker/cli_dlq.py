@@ -32,14 +32,11 @@ from typing import Any
 
 from worker.connections import redis_client
 from worker.deadletter import DeadLetter, DeadLetterStore
+from worker.reasons import KNOWN_REASONS, is_reason
 from worker.settings import get_settings
 from worker.visible import visible
 
 DEFAULT_LIST_LIMIT = 50
-
-#: Reasons the dispatcher writes; ``http_<code>`` covers every refused status.
-KNOWN_REASONS = ("no_api_key", "retries_exhausted", "expired", "invalid_job", "internal_error")
-_REASON = re.compile(r"^(http_[1-5]\d\d|" + "|".join(KNOWN_REASONS) + r")$")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 7 * 86_400}
@@ -71,7 +68,7 @@ def parse_duration(text: str) -> float:
 
 
 def check_reason(reason: str | None) -> str | None:
-    if reason is not None and not _REASON.match(reason):
+    if reason is not None and not is_reason(reason):
         raise UsageError(
             f"unknown reason {reason!r}: expected http_<status> or one of "
             + ", ".join(KNOWN_REASONS)

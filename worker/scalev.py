@@ -175,7 +175,11 @@ class ScalevClient:
             cut = watchdog().disarm(guard)
             metrics.observe_http_seconds(time.perf_counter() - started)
         if failure is not None:
-            raise self._transport_error(failure, cut, time.perf_counter() - started) from failure
+            # from None: what requests and urllib3 raise can quote the request, headers
+            # included (InvalidHeader quotes the key), and Celery reports the whole chain:
+            # task-failed and task-retried events, Flower, its state file. The project's
+            # error names only the exception's type.
+            raise self._transport_error(failure, cut, time.perf_counter() - started) from None
         # Lower-cased once here: header names are case-insensitive and the throttle reads them.
         headers = {name.lower(): value for name, value in response.headers.items()}
         if 300 <= response.status_code < 400:

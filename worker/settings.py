@@ -1,4 +1,10 @@
-"""Typed settings, read from the environment in one place.
+"""The worker's typed settings, read from the environment in one place.
+
+``Settings`` extends the producer's (``producers.settings``: the mechanism, REDIS_URL and
+the producer's variables) with everything the worker, beat, Flower and the CLI read. Each
+field names its variable; each number has a range, and the comment above a field says
+why its bounds are where they are. An invalid value raises ``ConfigurationError``: one
+line naming the variable and the rule, never the value.
 
 Units are in the names. API keys are ``SecretStr`` so that a settings object printed in
 a log, a traceback or a debugger shows ``**********`` instead of the key.
@@ -8,25 +14,35 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import math
-import os
 import re
+import sys
 from collections.abc import Mapping
 from functools import lru_cache
+from typing import Annotated, ClassVar, NoReturn
 from urllib.parse import urlsplit
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic_settings import NoDecode
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+from producers.errors import ConfigurationError
+from producers.settings import (
+    DEFAULT_REDIS_URL,
+    MAX_TTL_SECONDS,
+    ProducerSettings,
+    env_field,
+)
+from worker.header_values import header_value_problem
+from worker.reasons import KNOWN_REASONS, is_reason
+
+__all__ = [
+    "DEFAULT_REDIS_URL",
+    "DEFAULT_SCALEV_API_BASE_URL",
+    "ConfigurationError",
+    "Settings",
+    "get_settings",
+    "refuse",
+]
+
 DEFAULT_SCALEV_API_BASE_URL = "https://api.scalev.com"
 
 #: Requests one task run may send: the first, and one more after each 429 answered in the
@@ -54,128 +70,189 @@ _HOSTNAME = re.compile(
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
 )
 
-# environment variable -> field name
-_ENV = {
-    "REDIS_URL": "redis_url",
-    "SCALEV_API_BASE_URL": "scalev_api_base_url",
-    "SCALEV_STOREFRONT_API_KEYS": "storefront_api_keys",
-    "SCALEV_STOREFRONT_API_KEY": "storefront_api_key",
-    "SNACKVIDEO_MAX_ATTEMPTS": "max_attempts",
-    "SNACKVIDEO_RETRY_BASE_SECONDS": "retry_base_seconds",
-    "SNACKVIDEO_RETRY_MAX_SECONDS": "retry_max_seconds",
-    "SNACKVIDEO_MAX_AGE_SECONDS": "max_age_seconds",
-    "SNACKVIDEO_DEFAULT_RATE": "default_rate_per_second",
-    "SNACKVIDEO_REDRIVE_INTERVAL_SECONDS": "redrive_interval_seconds",
-    "SNACKVIDEO_METRICS_PORT": "metrics_port",
-    "SNACKVIDEO_METRICS_ADDRESS": "metrics_address",
-    "SNACKVIDEO_HTTP_CONNECT_TIMEOUT_SECONDS": "http_connect_timeout_seconds",
-    "SNACKVIDEO_HTTP_READ_TIMEOUT_SECONDS": "http_read_timeout_seconds",
-    "SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS": "visibility_timeout_seconds",
-    "SNACKVIDEO_UNACKED_RESTORE_INTERVAL_SECONDS": "unacked_restore_interval_seconds",
-    "SNACKVIDEO_MAX_SLEEP_SECONDS": "max_sleep_seconds",
-    "SNACKVIDEO_SCHEDULER_POLL_SECONDS": "scheduler_poll_seconds",
-    "SNACKVIDEO_DLQ_MAX_ENTRIES": "dlq_max_entries",
-    "SNACKVIDEO_DLQ_MAX_AGE_SECONDS": "dlq_max_age_seconds",
-    "SNACKVIDEO_DLQ_ERROR_MAX_CHARS": "dlq_error_max_chars",
-    "SNACKVIDEO_REDRIVE_MAX_REPLAYS": "redrive_max_replays",
-    "SNACKVIDEO_REDRIVE_BATCH_SIZE": "redrive_batch_size",
-    "SNACKVIDEO_REDRIVE_REASONS": "redrive_reasons",
-    "SNACKVIDEO_THROTTLE_SCOPE": "throttle_scope",
-    "SNACKVIDEO_THROTTLE": "throttle_enabled",
-    "SNACKVIDEO_CELERY_TASK_LOG": "celery_task_log",
-    "SNACKVIDEO_TASK_EVENTS": "task_events",
-    "SNACKVIDEO_ALLOW_INSECURE_HTTP": "allow_insecure_http",
-    "SNACKVIDEO_TASK_SOFT_TIME_LIMIT_SECONDS": "task_soft_time_limit_seconds",
-    "SNACKVIDEO_TASK_TIME_LIMIT_SECONDS": "task_time_limit_seconds",
-    "SNACKVIDEO_MAX_INTERNAL_ERRORS": "max_internal_errors",
-    "SNACKVIDEO_MAX_REDELIVERIES": "max_redeliveries",
-    "SNACKVIDEO_CONSUMER_HEARTBEAT_SECONDS": "consumer_heartbeat_seconds",
-    "SNACKVIDEO_CONSUMER_DEAD_AFTER_SECONDS": "consumer_dead_after_seconds",
-}
+#: A key map longer than this is not one (its JSON is read whole, at every start).
+_KEY_MAP_MAX_CHARS = 1_000_000
+
+#: A day and a week, for the bounds below.
+DAY = 86_400
+WEEK = 7 * DAY
 
 
-class Settings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class Settings(ProducerSettings):
+    # kombu's broker transport takes redis:// and rediss:// (worker.transport), not unix://.
+    REDIS_SCHEMES: ClassVar[tuple[str, ...]] = ("redis", "rediss")
+    # kombu's URL parser passes the query as keywords beside the ones it reads from the
+    # URL itself: ?password=... made every process die in a TypeError traceback.
+    REDIS_QUERY_REFUSED: ClassVar[frozenset[str]] = frozenset(
+        {"transport", "hostname", "port", "userid", "password", "virtual_host"}
+    )
 
-    redis_url: str = DEFAULT_REDIS_URL
     # Declared before the base URL, whose validator reads it. http:// to a host other
     # than this machine sends the storefront key in clear: refused unless this is on.
-    allow_insecure_http: bool = False
-    scalev_api_base_url: str = DEFAULT_SCALEV_API_BASE_URL
-    storefront_api_keys: dict[str, SecretStr] = Field(default_factory=dict)
-    storefront_api_key: SecretStr | None = None
+    allow_insecure_http: bool = env_field(False, "SNACKVIDEO_ALLOW_INSECURE_HTTP")
+    scalev_api_base_url: str = env_field(DEFAULT_SCALEV_API_BASE_URL, "SCALEV_API_BASE_URL")
+    # NoDecode: the JSON is read by _key_map below, which can name the store at fault
+    # without quoting a key (pydantic-settings' own decoding would chain the text).
+    storefront_api_keys: Annotated[dict[str, SecretStr], NoDecode] = env_field(
+        {}, "SCALEV_STOREFRONT_API_KEYS"
+    )
+    storefront_api_key: SecretStr | None = env_field(None, "SCALEV_STOREFRONT_API_KEY")
 
-    max_attempts: int = Field(10, ge=1)
-    retry_base_seconds: float = Field(2.0, gt=0)
-    retry_max_seconds: float = Field(600.0, gt=0)
-    max_age_seconds: float = Field(259_200.0, gt=0)
-    default_rate_per_second: float = Field(10.0, gt=0)
-    redrive_interval_seconds: float = Field(900.0, gt=0)
-    metrics_port: int = Field(9808, ge=0, le=65535)
+    # At least one attempt, or nothing is ever sent. At most 1000: a job that failed a
+    # thousand times will not heal by itself; the dead-letter queue is where it is seen.
+    max_attempts: int = env_field(10, "SNACKVIDEO_MAX_ATTEMPTS", ge=1, le=1000)
+    # Backoff waits. At least 10 ms: shorter is a busy loop against a failing Scalev (and
+    # below the due-job mover's poll). At most a day: a longer wait outlives most jobs'
+    # max age, so the job would expire instead of being retried.
+    retry_base_seconds: float = env_field(2.0, "SNACKVIDEO_RETRY_BASE_SECONDS", ge=0.01, le=DAY)
+    retry_max_seconds: float = env_field(600.0, "SNACKVIDEO_RETRY_MAX_SECONDS", ge=0.01, le=DAY)
+    # At least a second: less expires every job before it is sent. At most a year: the
+    # delivered-marker lives max age + 1 day (delivered_marker_ttl_seconds), a key per
+    # delivered job, as a TTL Redis must accept (1e16 failed the SET EX after a 2xx).
+    max_age_seconds: float = env_field(
+        259_200.0, "SNACKVIDEO_MAX_AGE_SECONDS", ge=1, le=MAX_TTL_SECONDS
+    )
+    # The throttle spaces requests 1/rate apart on Redis's microsecond clock: above a
+    # million per second the spacing is below its resolution. Below one request in 1000 s
+    # every job waits longer than a worker sleeps and is parked before its first try.
+    default_rate_per_second: float = env_field(
+        10.0, "SNACKVIDEO_DEFAULT_RATE", ge=0.001, le=1_000_000
+    )
+    # Beat's redrive schedule. At least a second: a run reads up to a batch of entries,
+    # and runs closer than that pile up. At most a week: slower, and a redriveable dead
+    # letter waits past the default max age, so its replay only expires it.
+    redrive_interval_seconds: float = env_field(
+        900.0, "SNACKVIDEO_REDRIVE_INTERVAL_SECONDS", ge=1, le=WEEK
+    )
+    # A TCP port; 0 turns the metrics endpoint off.
+    metrics_port: int = env_field(9808, "SNACKVIDEO_METRICS_PORT", ge=0, le=65535)
     # Loopback by default: /metrics shows queue depths, dead letters and rate-limit state to
     # whoever reaches it. A Prometheus on another host or container network needs 0.0.0.0.
-    metrics_address: str = "127.0.0.1"
+    metrics_address: str = env_field("127.0.0.1", "SNACKVIDEO_METRICS_ADDRESS")
 
     # One request is cut at connect + read (request_deadline_seconds), and a run sleeps
     # for throttle slots at most max_sleep in all. Celery's soft time limit sits above the
     # longest legitimate run, the hard limit above that, and the visibility timeout above
     # the hard limit (min_visibility_timeout_seconds), or Redis hands a running job to a
     # second worker. Unset time limits are derived from the timeouts.
-    http_connect_timeout_seconds: float = Field(3.05, gt=0)
-    http_read_timeout_seconds: float = Field(10.0, gt=0)
-    task_soft_time_limit_seconds: float | None = Field(None, gt=0)
-    task_time_limit_seconds: float | None = Field(None, gt=0)
-    max_sleep_seconds: float = Field(5.0, ge=0)
-    visibility_timeout_seconds: float = Field(120.0, gt=0)
-    unacked_restore_interval_seconds: float = Field(10.0, gt=0)
-    scheduler_poll_seconds: float = Field(0.25, gt=0)
+    # Timeouts: at least 10 ms (below that even a loopback connect fails on a busy host);
+    # at most 10 minutes, a request that holds a worker that long has failed.
+    http_connect_timeout_seconds: float = env_field(
+        3.05, "SNACKVIDEO_HTTP_CONNECT_TIMEOUT_SECONDS", ge=0.01, le=600
+    )
+    http_read_timeout_seconds: float = env_field(
+        10.0, "SNACKVIDEO_HTTP_READ_TIMEOUT_SECONDS", ge=0.01, le=600
+    )
+    # Celery's timers: at least 0.1 s (a run must be able to start); at most a day, the
+    # visibility timeout's bound, which must stay above them.
+    task_soft_time_limit_seconds: float | None = env_field(
+        None, "SNACKVIDEO_TASK_SOFT_TIME_LIMIT_SECONDS", ge=0.1, le=DAY
+    )
+    task_time_limit_seconds: float | None = env_field(
+        None, "SNACKVIDEO_TASK_TIME_LIMIT_SECONDS", ge=0.1, le=DAY
+    )
+    # A sleeping worker process holds its slot: beyond 5 minutes parking the job in Redis
+    # is always the better deal. 0: never sleep, always park.
+    max_sleep_seconds: float = env_field(5.0, "SNACKVIDEO_MAX_SLEEP_SECONDS", ge=0, le=300)
+    # kombu's backstop for a lost worker's jobs. At least a second; at most a day: a job
+    # held by a dead worker (and no live heartbeat sweep) waits that long to come back.
+    visibility_timeout_seconds: float = env_field(
+        120.0, "SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS", ge=1, le=DAY
+    )
+    unacked_restore_interval_seconds: float = env_field(
+        10.0, "SNACKVIDEO_UNACKED_RESTORE_INTERVAL_SECONDS", ge=0.1, le=DAY
+    )
+    # The due-job mover's poll (inf used to stop its thread for good). At least 10 ms:
+    # shorter is a busy loop on Redis. At most a minute: a due retry waits up to one poll.
+    scheduler_poll_seconds: float = env_field(
+        0.25, "SNACKVIDEO_SCHEDULER_POLL_SECONDS", ge=0.01, le=60
+    )
 
     # An error the dispatcher does not classify (a bug, a deterministic Redis error) is
-    # retried this many times with backoff, then dead-lettered as internal_error.
-    max_internal_errors: int = Field(3, ge=1)
+    # retried this many times with backoff, then dead-lettered as internal_error. At
+    # most 100: a bug does not heal by being run again.
+    max_internal_errors: int = env_field(3, "SNACKVIDEO_MAX_INTERNAL_ERRORS", ge=1, le=100)
     # A message kombu restored this many times without any run reaching an outcome (its
     # run kills the pool child, or hits the hard time limit, every time) is
-    # dead-lettered as internal_error on its next redelivery.
-    max_redeliveries: int = Field(5, ge=1)
+    # dead-lettered as internal_error on its next redelivery. At most 100, as above.
+    max_redeliveries: int = env_field(5, "SNACKVIDEO_MAX_REDELIVERIES", ge=1, le=100)
     # Each worker consumer refreshes its heartbeat this often and, as often, looks for
     # consumers whose heartbeat is older than dead_after: the jobs those took go back to
-    # the queue at once (worker.ownership), long before the visibility timeout.
-    consumer_heartbeat_seconds: float = Field(2.0, gt=0)
-    consumer_dead_after_seconds: float = Field(10.0, gt=0)
+    # the queue at once (worker.ownership), long before the visibility timeout. At least
+    # 0.1 s (each beat is a Redis call); at most a minute, or a dead worker's jobs wait
+    # minutes; dead_after at most 10 minutes, and 3 beats at least (checked below).
+    consumer_heartbeat_seconds: float = env_field(
+        2.0, "SNACKVIDEO_CONSUMER_HEARTBEAT_SECONDS", ge=0.1, le=60
+    )
+    consumer_dead_after_seconds: float = env_field(
+        10.0, "SNACKVIDEO_CONSUMER_DEAD_AFTER_SECONDS", ge=0.3, le=600
+    )
 
-    dlq_max_entries: int = Field(100_000, ge=1)
-    dlq_max_age_seconds: float = Field(30 * 86_400.0, gt=0)
-    dlq_error_max_chars: int = Field(2_000, ge=0)
-    redrive_max_replays: int = Field(3, ge=0)
-    redrive_batch_size: int = Field(500, ge=1)
-    redrive_reasons: tuple[str, ...] = (
-        "http_404",
-        "http_401",
-        "http_403",
-        "no_api_key",
-        "retries_exhausted",
+    # Dead-letter retention. An entry is a few KB of Redis memory: ten million of them is
+    # tens of GB. At least an hour of age: an entry must outlive a few redrive runs and be
+    # there when an operator looks; at most MAX_TTL_SECONDS.
+    dlq_max_entries: int = env_field(100_000, "SNACKVIDEO_DLQ_MAX_ENTRIES", ge=1, le=10_000_000)
+    dlq_max_age_seconds: float = env_field(
+        30 * DAY, "SNACKVIDEO_DLQ_MAX_AGE_SECONDS", ge=3600, le=MAX_TTL_SECONDS
+    )
+    # Response body kept per entry; a megabyte is past any useful error text.
+    dlq_error_max_chars: int = env_field(
+        2_000, "SNACKVIDEO_DLQ_ERROR_MAX_CHARS", ge=0, le=1_000_000
+    )
+    # 0 turns replays off. At most 100: an entry replayed that often fails for a reason
+    # a replay does not change.
+    redrive_max_replays: int = env_field(3, "SNACKVIDEO_REDRIVE_MAX_REPLAYS", ge=0, le=100)
+    # Entries one redrive run takes in one Lua call, during which Redis serves nobody else.
+    redrive_batch_size: int = env_field(500, "SNACKVIDEO_REDRIVE_BATCH_SIZE", ge=1, le=10_000)
+    redrive_reasons: Annotated[tuple[str, ...], NoDecode] = env_field(
+        (
+            "http_404",
+            "http_401",
+            "http_403",
+            "no_api_key",
+            "retries_exhausted",
+        ),
+        "SNACKVIDEO_REDRIVE_REASONS",
     )
     # "base_url" shares one budget per API base URL (Scalev limits per client IP);
     # "store" gives every store its own budget.
-    throttle_scope: str = "base_url"
+    throttle_scope: str = env_field("base_url", "SNACKVIDEO_THROTTLE_SCOPE")
     # "off" turns the shared throttle into a naive client that only waits out each 429's
     # Retry-After (the benchmark's baseline); never meant for production.
-    throttle_enabled: bool = True
+    throttle_enabled: bool = env_field(True, "SNACKVIDEO_THROTTLE")
     # Celery's own "Task ... received" / "Task ... succeeded in" INFO lines, one pair per
     # delivery on top of our outcome= line; off drops just those two (worker.celery_logs).
-    celery_task_log: bool = False
+    celery_task_log: bool = env_field(False, "SNACKVIDEO_CELERY_TASK_LOG")
     # Celery task events feed Flower. They cost ~1.6 PUBLISH round trips and roughly a
     # fifth of the worker's CPU per delivery (docs/benchmarks.md); a deployment that
     # watches the Prometheus metrics instead may turn them off. A running Flower turns
     # them back on by itself (its --enable_events, on by default).
-    task_events: bool = True
+    task_events: bool = env_field(True, "SNACKVIDEO_TASK_EVENTS")
 
     @field_validator("scalev_api_base_url")
     @classmethod
     def _safe_base_url(cls, value: str, info: ValidationInfo) -> str:
-        parts = urlsplit(value)
+        rule = "must be an http:// or https:// URL with a host"
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 (raises ValueError for a port that is not 0-65535)
+        except ValueError:
+            raise ValueError(f"{rule} and a valid port") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host")
+            raise ValueError(rule)
+        if "@" in parts.netloc:
+            # Scalev takes the storefront key in a header, never in the URL. requests
+            # would send these credentials as an Authorization header with every event,
+            # and the base URL is also the throttle scope: a Redis key name, a metric
+            # label, a status row, a log line. Refused rather than carried along.
+            raise ValueError(
+                "must not hold credentials (user:password@): Scalev takes the storefront "
+                "key in a header, never in the URL"
+            )
+        if parts.query or parts.fragment or value.endswith(("?", "#")):
+            raise ValueError(
+                "must have no query or fragment (?...#...): the events path is appended to it"
+            )
         if (
             parts.scheme == "http"
             and not _is_loopback(parts.hostname)
@@ -187,6 +264,45 @@ class Settings(BaseModel):
                 "for a trusted private network (loopback hosts need neither)"
             )
         return value.rstrip("/")
+
+    @field_validator("storefront_api_keys", mode="before")
+    @classmethod
+    def _key_map(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = _parse_key_map(value)
+        if not isinstance(value, Mapping):
+            raise ValueError(_KEY_MAP_SHAPE)
+        for store_id, key in value.items():
+            if not isinstance(store_id, str) or not store_id:
+                raise ValueError(f"a store id must be a non-empty string; {_KEY_MAP_SHAPE}")
+            if not isinstance(key, str | SecretStr):
+                raise ValueError(f"the key of store {_quoted(store_id)} must be a string")
+        return value
+
+    @field_validator("storefront_api_keys")
+    @classmethod
+    def _keys_are_header_values(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for store_id, key in value.items():
+            problem = header_value_problem(key.get_secret_value())
+            if problem == "empty":
+                raise ValueError(f"the key of store {_quoted(store_id)} is empty")
+            if problem is not None:
+                raise ValueError(
+                    f"the key of store {_quoted(store_id)} is not a valid HTTP header value "
+                    f"({problem})"
+                )
+        return value
+
+    @field_validator("storefront_api_key")
+    @classmethod
+    def _key_is_a_header_value(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            problem = header_value_problem(value.get_secret_value())
+            if problem == "empty":
+                raise ValueError("is empty (unset it instead)")
+            if problem is not None:
+                raise ValueError(f"not a valid HTTP header value ({problem})")
+        return value
 
     @field_validator("metrics_address")
     @classmethod
@@ -214,15 +330,16 @@ class Settings(BaseModel):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @model_validator(mode="after")
-    def _finite_numbers(self) -> Settings:
-        # pydantic accepts "inf" and "nan" for a float; every duration and rate here must
-        # be a number (an infinite max age made each delivery raise OverflowError).
-        fields = {field: variable for variable, field in _ENV.items()}
-        for name, value in self:
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{fields.get(name, name)} must be a finite number")
-        return self
+    @field_validator("redrive_reasons")
+    @classmethod
+    def _known_reasons(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # A misspelt reason would match no entry, and nothing would say so.
+        if not all(is_reason(reason) for reason in value):
+            raise ValueError(
+                "must be dead-letter reasons, comma-separated: http_<status> or "
+                + ", ".join(KNOWN_REASONS)
+            )
+        return value
 
     @model_validator(mode="after")
     def _heartbeats_before_death(self) -> Settings:
@@ -232,6 +349,30 @@ class Settings(BaseModel):
             raise ValueError(
                 "SNACKVIDEO_CONSUMER_DEAD_AFTER_SECONDS must be at least 3 times "
                 "SNACKVIDEO_CONSUMER_HEARTBEAT_SECONDS"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _time_limits_in_order(self) -> Settings:
+        if self.soft_time_limit_seconds >= self.hard_time_limit_seconds:
+            raise ValueError(
+                "SNACKVIDEO_TASK_SOFT_TIME_LIMIT_SECONDS "
+                f"({self.soft_time_limit_seconds:g}s; by default derived from "
+                "SNACKVIDEO_HTTP_CONNECT_TIMEOUT_SECONDS, SNACKVIDEO_HTTP_READ_TIMEOUT_SECONDS "
+                "and SNACKVIDEO_MAX_SLEEP_SECONDS) must be below "
+                f"SNACKVIDEO_TASK_TIME_LIMIT_SECONDS ({self.hard_time_limit_seconds:g}s), "
+                "or a run is killed before it can park its job"
+            )
+        if self.visibility_timeout_seconds <= self.min_visibility_timeout_seconds:
+            raise ValueError(
+                "SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS must exceed the hard time limit of a "
+                f"task run ({self.min_visibility_timeout_seconds:g}s: "
+                "SNACKVIDEO_TASK_TIME_LIMIT_SECONDS, by default "
+                f"{HARD_TIME_LIMIT_GRACE_SECONDS:g}s above "
+                "SNACKVIDEO_TASK_SOFT_TIME_LIMIT_SECONDS, "
+                "itself by default derived from SNACKVIDEO_HTTP_CONNECT_TIMEOUT_SECONDS, "
+                "SNACKVIDEO_HTTP_READ_TIMEOUT_SECONDS and SNACKVIDEO_MAX_SLEEP_SECONDS), or a "
+                "slow job runs twice"
             )
         return self
 
@@ -289,32 +430,6 @@ class Settings(BaseModel):
         key = self.storefront_api_keys.get(store_id) or self.storefront_api_key
         return key.get_secret_value() if key is not None else None
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for variable, field in _ENV.items():
-            raw = environ.get(variable)
-            if raw is None or raw == "":
-                continue
-            if field == "storefront_api_keys":
-                values[field] = _parse_key_map(raw)
-            else:
-                values[field] = raw
-        try:
-            return cls.model_validate(values)
-        except ValidationError as exc:
-            # Name the environment variable, and never echo an input (it may be a key).
-            fields = {field: variable for variable, field in _ENV.items()}
-            problems = "; ".join(
-                f"{fields.get(str(err['loc'][0]), err['loc'][0])}: {err['msg']}"
-                if err["loc"]
-                # A check across fields names its variables itself.
-                else str(err["msg"]).removeprefix("Value error, ")
-                for err in exc.errors(include_input=False)
-            )
-            raise ValueError(f"invalid configuration: {problems}") from None
-
 
 def _is_loopback(host: str) -> bool:
     if host.lower().rstrip(".") in LOOPBACK_NAMES:
@@ -325,20 +440,33 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _parse_key_map(raw: str) -> dict[str, str]:
+_KEY_MAP_SHAPE = 'must be a JSON object {"<store_id>": "<key>", ...}'
+
+
+def _parse_key_map(raw: str) -> object:
+    if len(raw) > _KEY_MAP_MAX_CHARS:
+        raise ValueError(f"{_KEY_MAP_SHAPE} of at most {_KEY_MAP_MAX_CHARS} characters")
     try:
-        parsed = json.loads(raw)
-    except json.JSONDecodeError:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        # The position only: exc's own text is safe, but its doc attribute is the keys.
         raise ValueError(
-            "invalid configuration: SCALEV_STOREFRONT_API_KEYS must be a JSON object"
+            f"{_KEY_MAP_SHAPE}; not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
-    if not isinstance(parsed, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
-    ):
-        raise ValueError(
-            'invalid configuration: SCALEV_STOREFRONT_API_KEYS must be {"<store_id>": "<key>"}'
-        )
-    return parsed
+    except RecursionError:
+        raise ValueError(f"{_KEY_MAP_SHAPE}; not valid JSON (nested too deep)") from None
+
+
+def _quoted(store_id: str) -> str:
+    """A store id as a message shows it: quoted, escaped, on one line."""
+    return json.dumps(store_id)
+
+
+def refuse(exc: ConfigurationError) -> NoReturn:
+    """Stop the process on an invalid setting: its one line on stderr, exit status 2."""
+    sys.stderr.write(f"error: {exc}\n")
+    sys.stderr.flush()
+    raise SystemExit(2)
 
 
 @lru_cache(maxsize=1)
