@@ -77,6 +77,7 @@ _ENV = {
     "SNACKVIDEO_DLQ_MAX_ENTRIES": "dlq_max_entries",
     "SNACKVIDEO_DLQ_MAX_AGE_SECONDS": "dlq_max_age_seconds",
     "SNACKVIDEO_DLQ_ERROR_MAX_CHARS": "dlq_error_max_chars",
+    "SNACKVIDEO_MAX_PAYLOAD_BYTES": "max_payload_bytes",
     "SNACKVIDEO_REDRIVE_MAX_REPLAYS": "redrive_max_replays",
     "SNACKVIDEO_REDRIVE_BATCH_SIZE": "redrive_batch_size",
     "SNACKVIDEO_REDRIVE_REASONS": "redrive_reasons",
@@ -146,6 +147,7 @@ class Settings(BaseModel):
     dlq_max_entries: int = Field(100_000, ge=1)
     dlq_max_age_seconds: float = Field(30 * 86_400.0, gt=0)
     dlq_error_max_chars: int = Field(2_000, ge=0)
+    max_payload_bytes: int = Field(524_288, ge=1)  # producers.models.MAX_PAYLOAD_BYTES
     redrive_max_replays: int = Field(3, ge=0)
     redrive_batch_size: int = Field(500, ge=1)
     redrive_reasons: tuple[str, ...] = (

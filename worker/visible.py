@@ -14,6 +14,8 @@ back; ``--json`` output is the exact form.
 
 from __future__ import annotations
 
+import json
+
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -39,3 +41,17 @@ def _escape(ch: str) -> str:
     if code < 0x10000:
         return f"\\u{code:04x}"
     return f"\\U{code:08x}"
+
+
+def log_field(value: object) -> str:
+    """``value`` as the value of one ``key=value`` field of a log line.
+
+    Escaped by ``visible`` (a newline cannot start a forged line, an escape sequence
+    cannot act on a terminal), and written as a JSON string when it holds a space, ``=``
+    or ``"``, or is empty: ``click_id=a status=999`` cannot pose as two fields either.
+    Plain ids (UUIDs, store ids) are written as they are.
+    """
+    text = visible(value if isinstance(value, str) else str(value))
+    if text and not any(ch in text for ch in ' ="'):
+        return text
+    return json.dumps(text, ensure_ascii=False)
