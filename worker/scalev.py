@@ -124,6 +124,10 @@ def _read_environment_once(session: requests.Session, base_url: str) -> None:
     session.trust_env = False
 
 
+def _no_redirect_target(_response: requests.Response) -> None:
+    return None  # redirects are never followed (RedirectRefused)
+
+
 def read_body(response: requests.Response, limit: int) -> str:
     """At most ``limit`` bytes of a streamed response's body, decoded, as text.
 
@@ -171,6 +175,9 @@ class ScalevClient:
         self.deadline_seconds = connect_timeout_seconds + read_timeout_seconds
         self.resolver: Resolve = resolver or bounded_resolver()
         self.session = session or requests.Session()
+        # With allow_redirects=False requests still prepares Response.next for a 3xx,
+        # and reads the whole body to do so, however long: with no target it reads none.
+        self.session.get_redirect_target = _no_redirect_target  # type: ignore[method-assign,assignment]
         self.session.headers["User-Agent"] = USER_AGENT
         _read_environment_once(self.session, base_url)
         adapter = DeadlineAdapter()

@@ -70,11 +70,10 @@ def guarded(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
                     problem = f"message body is not valid JSON: {exc}"
             else:
                 if nested_deeper_than(raw, MAX_BODY_DEPTH):
-                    # Keep its text: the decoded value is as hard to store as to pickle.
                     problem = f"message body is nested deeper than {MAX_BODY_DEPTH} levels"
-                    raw = message.body
                 else:
                     problem = body_problem(raw)
+                raw = message.body  # its text as it came, kept like any unreadable message's
             if problem is not None:
                 return _dead_letter(message, raw, problem, ack, reject, consumer)
         return handle(message, body, ack, reject, callbacks, **kw)
