@@ -198,7 +198,9 @@ def test_a_worker_dead_letters_an_oversize_job_with_its_text_cut_and_never_posts
         "schema": 1,
     }
     redis_client.lpush(DELIVERY_QUEUE, build_message(kwargs, task_id="oversize-job"))
-    Producer(redis_url).enqueue(STORE, event("after-oversize"))
+    producer = Producer(redis_url)
+    producer.enqueue(STORE, event("after-oversize"))
+    producer.close()
     worker = start_worker(worker_env(redis_url, sandbox.base_url))
 
     store = DeadLetterStore(redis_client)

@@ -125,12 +125,14 @@ def test_5000_store_scopes_leave_metrics_and_status_bounded(
     assert per_scope == {"hgetall": TRACKED_SCOPES_MAX + 2, "zcount": TRACKED_SCOPES_MAX}
     assert after.get("exists", 0) == before.get("exists", 0)
 
-    # The status read: one fixed set of round trips, whatever the number of stores.
+    # The status read: one fixed set of round trips, whatever the number of stores (the
+    # first read also pays the connection's handshake).
+    collect(counting_client, workers=False)
     CountingConnection.round_trips = 0
     state = collect(counting_client, workers=False)
     round_trips = CountingConnection.round_trips
     assert set(state["throttle"]) == recent
-    assert round_trips <= 15, round_trips
+    assert round_trips <= 12, round_trips
     print(
         f"\n{STORES} stores delivered in {took:.1f}s; scrape {scrape_s:.3f}s; "
         f"status read {round_trips} round trips; scope labels "

@@ -36,6 +36,7 @@ from typing import Any
 import redis
 from celery.worker.consumer import Consumer
 
+from producers.models import MAX_ID_CHARS
 from worker.bounded_json import kept_raw
 from worker.settings import get_settings
 
@@ -77,8 +78,9 @@ def dead_letter_raw(raw: Any, problem: str, *, job_id: Any = None, queue: str = 
     from worker.tasks import get_dispatcher  # worker.tasks imports worker.app, which names us
 
     kept = {
-        "job_id": job_id if isinstance(job_id, str) and job_id else None,
-        "queue": queue,
+        # Both come from the message: an id longer than any real one is only in `raw`.
+        "job_id": job_id if isinstance(job_id, str) and 0 < len(job_id) <= MAX_ID_CHARS else None,
+        "queue": queue[:MAX_ID_CHARS] if isinstance(queue, str) else "",
         **kept_raw(raw, get_settings().dlq_error_max_chars),
     }
     get_dispatcher().dead_letter_unreadable(kept, problem)
