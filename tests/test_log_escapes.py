@@ -22,6 +22,7 @@ from tests.conftest import STORE, Sandbox, Worker, wait_until, worker_env
 from tests.queue_helpers import event
 from worker.deadletter import DeadLetterStore
 from worker.safe_logs import EscapeArgs
+from worker.status import format_table
 from worker.visible import log_field
 
 pytestmark = pytest.mark.integration
@@ -99,3 +100,21 @@ def test_a_worker_log_holds_each_hostile_value_escaped_on_its_own_line(
     # Celery's own failure lines for the dead-lettered jobs carry the values escaped too.
     celery_lines = [line for line in lines if "raised expected: DeadLettered" in line]
     assert len(celery_lines) == 2
+
+
+def test_the_status_table_prints_a_hostile_scope_as_text() -> None:
+    state = {
+        "queue_depth": 0,
+        "control_queue_depth": 0,
+        "in_flight": 0,
+        "scheduled": 0,
+        "enqueued_total": 0,
+        "dead_letters": 0,
+        "dead_letters_by_reason": {},
+        "dead_letters_trimmed_by_reason": {},
+        "throttle": {f"store:x{CLEAR}\nfake row": {"limit": 5, "remaining": f"{CLEAR}"}},
+    }
+    table = format_table(state)
+    assert "\x1b" not in table
+    assert not any(line.startswith("fake row") for line in table.splitlines())
+    assert "store:x\\x1b[2J\\nfake row" in table
