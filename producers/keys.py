@@ -21,8 +21,16 @@ ENQUEUED_COUNTER = f"{KEY_PREFIX}metrics:enqueued"
 
 
 def idempotency_key(store_id: str, key: str) -> str:
-    # Scoped by store: two shops may well both use "order-1001-purchase".
-    return f"{KEY_PREFIX}idem:{store_id}:{key}"
+    """``snackvideo:idem:{store}:{key}``, the store id with ``%`` and ``:`` percent-encoded.
+
+    Scoped by store: two shops may well both use "order-1001-purchase". The encoded store
+    id holds no ``:``, so the first ``:`` after it ends it, and no two (store, key) pairs
+    share a Redis key: written plainly, store ``shop:eu`` with key ``order-1`` and store
+    ``shop`` with key ``eu:order-1`` were one key, and the second event was dropped. A store
+    id without ``:`` (``%`` is refused in store ids) keeps the key it always had.
+    """
+    encoded = store_id.replace("%", "%25").replace(":", "%3A")
+    return f"{KEY_PREFIX}idem:{encoded}:{key}"
 
 
 def enqueue_call_key(token: str) -> str:

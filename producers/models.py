@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -37,6 +37,8 @@ from producers.errors import InvalidEvent
 
 __all__ = [
     "JOB_SCHEMA_VERSION",
+    "MAX_ID_CHARS",
+    "MAX_PAYLOAD_BYTES",
     "MAX_PAYLOAD_DEPTH",
     "BundlePriceOptionItem",
     "ConversionEvent",
@@ -44,6 +46,9 @@ __all__ = [
     "EventRequest",
     "JobMessage",
     "VariantItem",
+    "check_payload_size",
+    "nested_deeper_than",
+    "request_body",
     "validate_job",
     "validate_payload",
     "validate_store_id",
@@ -55,6 +60,14 @@ JOB_SCHEMA_VERSION = 1
 #: recursive encoders fail: pickling a Celery request for a pool process fails near 500
 #: levels and took the whole worker down with it (``worker.strategy`` guards that too).
 MAX_PAYLOAD_DEPTH = 32
+#: Default of ``SNACKVIDEO_MAX_PAYLOAD_BYTES``: the largest request body, measured as the
+#: compact UTF-8 JSON the worker posts (``request_body``). A real event is about 1 KB; the
+#: bound is far above any of them and far below what would strain a noeviction Redis
+#: holding the queue and the dead letters.
+MAX_PAYLOAD_BYTES = 524_288
+#: Longest store id and job id: both go into Redis keys, log lines and metric labels. A
+#: store's unique_id and a job's UUID are a few dozen characters.
+MAX_ID_CHARS = 200
 
 Quantity = Annotated[StrictInt, Field(ge=1)]
 _ANY_URL: TypeAdapter[AnyUrl] = TypeAdapter(AnyUrl)
@@ -146,6 +159,8 @@ def _store_id_problem(store_id: object) -> str | None:
         return f"must be a string, not {_kind(store_id)}"
     if not store_id:
         return "must not be empty"
+    if len(store_id) > MAX_ID_CHARS:
+        return f"must be at most {MAX_ID_CHARS} characters, not {len(store_id)}"
     if store_id in (".", ".."):
         return "must not be a dot segment"
     if any(ch.isspace() or not ch.isprintable() or ch in _PATH_BREAKERS for ch in store_id):
@@ -172,7 +187,7 @@ class JobMessage(BaseModel):
     # `schema` is a (deprecated) BaseModel attribute, so the field gets another Python name.
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    job_id: StrictStr = Field(min_length=1)
+    job_id: StrictStr = Field(min_length=1, max_length=MAX_ID_CHARS)
     store_id: str
     payload: dict[str, Any]
     enqueued_at: StrictFloat = Field(gt=0, allow_inf_nan=False)
@@ -227,6 +242,8 @@ def _message(error: Any) -> str:
         return f"must have at least {count} item{'' if count == 1 else 's'}"
     if kind == "string_too_short":
         return "must not be empty"
+    if kind == "string_too_long":
+        return f"must be at most {ctx['max_length']} characters"
     if kind in ("greater_than_equal", "greater_than"):
         op, bound = (">=", ctx["ge"]) if kind == "greater_than_equal" else (">", ctx["gt"])
         return f"must be {op} {bound}"
@@ -263,74 +280,130 @@ def _encodes_as_utf8(text: str) -> bool:
     return True
 
 
-def _json_problems(
-    value: object, loc: tuple[Any, ...], seen: frozenset[int]
-) -> Iterator[tuple[tuple[Any, ...], str]]:
-    """Yield what would stop ``json.dumps(..., allow_nan=False)`` or change on a round trip."""
-    if isinstance(value, str):
-        if not _encodes_as_utf8(value):  # the message body and the POST are UTF-8
-            yield loc, "must be valid Unicode text (lone surrogate)"
-        return
-    if value is None or isinstance(value, bool | int):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            yield loc, "must be a finite number (NaN and Infinity are not JSON)"
-        return
-    if not isinstance(value, dict | list | tuple):
-        yield loc, f"must be JSON-serialisable, not {_kind(value)}"
-        return
-    if id(value) in seen:
-        yield loc, "circular reference"
-        return
-    if len(loc) >= MAX_PAYLOAD_DEPTH:
-        yield loc, f"nested deeper than {MAX_PAYLOAD_DEPTH} levels"
-        return
-    seen = seen | {id(value)}
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):  # json.dumps would turn 1 into "1", silently
-                yield (*loc, key), "keys must be strings"
-            elif not _encodes_as_utf8(key):
-                yield (*loc, repr(key)), "keys must be valid Unicode text (lone surrogate)"
-            else:
-                yield from _json_problems(item, (*loc, key), seen)
-    else:
-        for index, item in enumerate(value):
-            yield from _json_problems(item, (*loc, index), seen)
+def nested_deeper_than(value: object, limit: int) -> bool:
+    """Whether containers (dicts, lists, tuples) nest more than ``limit`` levels in
+    ``value``. An explicit stack, not recursion: the value may be nested far deeper than
+    Python's recursion limit (a cycle counts as deeper than any limit)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
-def _payload_problems(payload: object, prefix: str, root: str) -> list[tuple[str, str]]:
-    if not isinstance(payload, dict):
-        return [(root, f"must be an object, not {_kind(payload)}")]
-    problems: list[tuple[str, str]] = []
-    try:
-        EventRequest.model_validate(payload)
-    except ValidationError as exc:
-        problems = _pydantic_problems(exc, prefix, root)
-    walked = _json_problems(payload, (), frozenset())
-    _merge(problems, [(_path(prefix, loc, root), message) for loc, message in walked])
-    if not problems:
-        try:  # the walk above should catch everything; this is the authority it imitates
-            json.dumps(payload, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            problems.append((root, f"must be JSON-serialisable: {exc}"))
+def _json_problems(value: object) -> list[tuple[tuple[Any, ...], str]]:
+    """What would stop ``json.dumps(..., allow_nan=False)`` or change on a round trip, by
+    location. Walked with an explicit stack (in the order recursion would take), never
+    deeper than ``MAX_PAYLOAD_DEPTH``: the check itself must not recurse on hostile input."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    # (value, its location, ids of the containers above it: a cycle is one of those again)
+    stack: list[tuple[object, tuple[Any, ...], frozenset[int]]] = [(value, (), frozenset())]
+    while stack:
+        item, loc, above = stack.pop()
+        if isinstance(item, str):
+            if not _encodes_as_utf8(item):  # the message body and the POST are UTF-8
+                problems.append((loc, "must be valid Unicode text (lone surrogate)"))
+            continue
+        if item is None or isinstance(item, bool | int):
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                problems.append((loc, "must be a finite number (NaN and Infinity are not JSON)"))
+            continue
+        if not isinstance(item, dict | list | tuple):
+            problems.append((loc, f"must be JSON-serialisable, not {_kind(item)}"))
+            continue
+        if id(item) in above:
+            problems.append((loc, "circular reference"))
+            continue
+        if len(loc) >= MAX_PAYLOAD_DEPTH:
+            problems.append((loc, f"nested deeper than {MAX_PAYLOAD_DEPTH} levels"))
+            continue
+        inner = above | {id(item)}
+        children: list[tuple[object, tuple[Any, ...], frozenset[int]]] = []
+        if isinstance(item, dict):
+            for key, member in item.items():
+                if not isinstance(key, str):  # json.dumps would turn 1 into "1", silently
+                    problems.append(((*loc, key), "keys must be strings"))
+                elif not _encodes_as_utf8(key):
+                    problems.append(
+                        ((*loc, repr(key)), "keys must be valid Unicode text (lone surrogate)")
+                    )
+                else:
+                    children.append((member, (*loc, key), inner))
+        else:
+            children = [(member, (*loc, index), inner) for index, member in enumerate(item)]
+        stack.extend(reversed(children))
     return problems
 
 
-def validate_payload(payload: object) -> dict[str, Any]:
+def request_body(payload: dict[str, Any]) -> bytes:
+    """The bytes the worker POSTs for ``payload``: compact JSON, UTF-8, text as it is."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _size_problem(size: int, limit: int) -> str:
+    return f"{size} bytes, more than SNACKVIDEO_MAX_PAYLOAD_BYTES ({limit})"
+
+
+def check_payload_size(payload: dict[str, Any], limit: int) -> int:
+    """The size of ``payload`` as posted (``request_body``); ``InvalidEvent`` when it is
+    over ``limit`` bytes. For a payload already known to be JSON (``validate_payload``
+    does this check itself)."""
+    size = len(request_body(payload))
+    if size > limit:
+        raise InvalidEvent([("payload", _size_problem(size, limit))])
+    return size
+
+
+def _payload_problems(
+    payload: object, prefix: str, root: str, max_bytes: int
+) -> list[tuple[str, str]]:
+    if not isinstance(payload, dict):
+        return [(root, f"must be an object, not {_kind(payload)}")]
+    problems = [(_path(prefix, loc, root), message) for loc, message in _json_problems(payload)]
+    if not problems:
+        # The walk above found nothing json.dumps would choke on (no cycle, no depth it
+        # would recurse into), so measuring is safe; and it comes before the schema, whose
+        # check of a huge list is the slow part of refusing it.
+        try:
+            size = len(request_body(payload))
+        except (TypeError, ValueError) as exc:  # the walk should catch all; this is the authority
+            return [(root, f"must be JSON-serialisable: {exc}")]
+        if size > max_bytes:
+            return [(root, _size_problem(size, max_bytes))]
+    try:
+        EventRequest.model_validate(payload)
+    except ValidationError as exc:
+        more = problems
+        problems = _pydantic_problems(exc, prefix, root)
+        _merge(problems, more)
+    return problems
+
+
+def validate_payload(payload: object, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> dict[str, Any]:
     """Check ``payload`` against the request schema and return it unchanged (the same object).
 
-    Raises ``InvalidEvent`` naming every offending field as a dotted path.
+    Raises ``InvalidEvent`` naming every offending field as a dotted path; a payload whose
+    request body would be over ``max_bytes`` is refused as ``payload: N bytes, more than
+    SNACKVIDEO_MAX_PAYLOAD_BYTES (max_bytes)``.
     """
-    problems = _payload_problems(payload, prefix="", root="payload")
+    problems = _payload_problems(payload, prefix="", root="payload", max_bytes=max_bytes)
     if problems:
         raise InvalidEvent(problems)
     assert isinstance(payload, dict)  # _payload_problems refuses anything else
     return payload
 
 
-def validate_job(kwargs: object) -> JobMessage:
+def validate_job(kwargs: object, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> JobMessage:
     """Check Celery task kwargs, including the payload (its fields prefixed ``payload.``)."""
     if not isinstance(kwargs, dict):
         raise InvalidEvent([("kwargs", f"must be an object, not {_kind(kwargs)}")])
@@ -342,10 +415,13 @@ def validate_job(kwargs: object) -> JobMessage:
     except ValidationError as exc:
         problems = _pydantic_problems(exc, prefix="", root="kwargs")
     if isinstance(kwargs.get("payload"), dict):  # a non-dict payload is reported above
-        more = _payload_problems(kwargs["payload"], prefix="payload.", root="payload")
+        more = _payload_problems(
+            kwargs["payload"], prefix="payload.", root="payload", max_bytes=max_payload_bytes
+        )
         _merge(problems, more)
     if problems:
         job_id = kwargs.get("job_id")
-        raise InvalidEvent(problems, prefix=f"job {job_id}: " if isinstance(job_id, str) else "")
+        shown = job_id if isinstance(job_id, str) and len(job_id) <= MAX_ID_CHARS else None
+        raise InvalidEvent(problems, prefix=f"job {shown}: " if shown is not None else "")
     assert job is not None  # no problems means the model validated
     return job

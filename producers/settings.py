@@ -40,12 +40,12 @@ from pydantic_settings import (
 )
 
 from producers.errors import ConfigurationError
+from producers.models import MAX_PAYLOAD_BYTES as DEFAULT_MAX_PAYLOAD_BYTES
 from producers.urls import without_password
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_ENQUEUE_TIMEOUT_SECONDS = 5.0
 DEFAULT_IDEMPOTENCY_TTL_SECONDS = 48 * 3600
-DEFAULT_MAX_PAYLOAD_BYTES = 512 * 1024
 
 #: The longest TTL a setting may ask Redis for. Redis itself accepts far more (EX up to
 #: about 9e15 s), but each such key is memory held for every event: a year is the most

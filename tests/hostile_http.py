@@ -44,6 +44,8 @@ class Seen:
     body: bytes
     received_at: float  # time.monotonic()
     closed_at: float | None = None  # the client closed the connection while we answered
+    sent_bytes: int = 0  # of an Endless answer's body, before the client hung up
+    peer: object = None  # the client's address: one per connection
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k.lower() == name.lower()), None)
@@ -88,7 +90,20 @@ class Hold:
     seconds: float
 
 
-Behaviour = Reply | Trickle | Hold
+@dataclass
+class Endless:
+    """Answer ``status`` with a body of ``length`` bytes (announced, then sent as fast as
+    the client reads, ``chunk`` after ``chunk``) until the client hangs up. ``encoded``:
+    a ready compressed body sent once instead, with its ``Content-Encoding``."""
+
+    status: int = 400
+    length: int = 4 * 1024**3
+    chunk: bytes = b"A" * 65_536
+    encoded: tuple[str, bytes] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Behaviour = Reply | Trickle | Hold | Endless
 Respond = Callable[[Seen], Behaviour]
 
 
@@ -112,6 +127,7 @@ class _Handler(BaseHTTPRequestHandler):
             list(self.headers.items()),
             self.rfile.read(length) if length else b"",
             time.monotonic(),
+            peer=self.client_address,
         )
         owner = self.server.owner
         with owner.lock:
@@ -123,6 +139,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         elif isinstance(behaviour, Trickle):
             self._trickle(behaviour, seen)
+        elif isinstance(behaviour, Endless):
+            self._endless(behaviour, seen)
         else:
             if self._wait_for_close(behaviour.seconds):
                 seen.closed_at = time.monotonic()
@@ -149,6 +167,25 @@ class _Handler(BaseHTTPRequestHandler):
                 seen.closed_at = time.monotonic()
                 self.close_connection = True
                 return
+
+    def _endless(self, endless: Endless, seen: Seen) -> None:
+        headers = {"Content-Type": "text/plain", **endless.headers}
+        if endless.encoded is not None:
+            encoding, body = endless.encoded
+            headers["Content-Encoding"] = encoding
+            reply = Reply(endless.status, headers, body)
+            self.wfile.write(reply.head() + body)
+            seen.sent_bytes = len(body)
+            return
+        head = Reply(endless.status, {**headers, "Content-Length": str(endless.length)}).head()
+        self.wfile.write(head)
+        try:
+            while seen.sent_bytes < endless.length and not self.server.owner.stopping.is_set():
+                self.connection.sendall(endless.chunk)
+                seen.sent_bytes += len(endless.chunk)
+        except OSError:  # the client hung up: what a bounded reader does
+            seen.closed_at = time.monotonic()
+        self.close_connection = True
 
     def _wait_for_close(self, seconds: float) -> bool:
         """Wait ``seconds``; True as soon as the client closed (or shut down) its end."""

@@ -13,7 +13,7 @@ import redis
 
 import producers
 from producers import EnqueueError, InvalidEvent, Producer
-from producers.enqueue import reset_default_producer
+from producers.enqueue import MAX_BATCH_PAYLOADS, reset_default_producer
 from producers.keys import DELIVER_TASK, DELIVERY_QUEUE, idempotency_key
 from producers.models import JOB_SCHEMA_VERSION
 from tests.conftest import STORE, RedisServer
@@ -206,10 +206,10 @@ def test_enqueue_many_is_one_round_trip(
     assert [m.kwargs["job_id"] for m in queued(redis_client)][1:] == ids
 
 
-BIG_BATCH = 8_500  # past Lua's unpack() limit of about 8,000 values
+BIG_BATCH = MAX_BATCH_PAYLOADS  # the largest batch one call takes
 
 
-def test_a_batch_past_luas_unpack_limit_is_pushed_whole_and_in_order(
+def test_the_largest_batch_is_pushed_whole_and_in_order(
     producer: Producer, redis_client: redis.Redis
 ) -> None:
     payloads = [event(f"clk-{i}") for i in range(BIG_BATCH)]

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from producers import EnqueueError, Producer
-from producers.enqueue import call_ttl_seconds
+from producers.enqueue import MAX_BATCH_PAYLOADS, call_ttl_seconds
 from producers.keys import ENQUEUED_COUNTER, KEY_PREFIX, idempotency_key
 from tests.conftest import STORE, RedisServer
 from tests.queue_helpers import event, queued
@@ -139,16 +139,17 @@ def test_a_reply_lost_with_the_connection_queues_the_event_once(
 def test_a_reply_to_enqueue_many_lost_with_the_connection_queues_each_event_once(
     proxy: TcpProxy, producer: Producer, redis_client: redis.Redis, with_key: bool
 ) -> None:
-    payloads = [event(f"clk-{i}") for i in range(1200)]  # past the script's push chunk
-    keys = [f"order-{i}" for i in range(1200)] if with_key else None
+    # The largest batch a call takes: past the script's push chunk, so pushed in several.
+    payloads = [event(f"clk-{i}") for i in range(MAX_BATCH_PAYLOADS)]
+    keys = [f"order-{i}" for i in range(MAX_BATCH_PAYLOADS)] if with_key else None
     dropped = proxy.drop_after(b"EVALSHA")
 
     ids = producer.enqueue_many(STORE, payloads, idempotency_keys=keys)
 
     assert dropped.fired == 1 and proxy.count(b"EVALSHA") == 2
-    assert len(set(ids)) == 1200
+    assert len(set(ids)) == MAX_BATCH_PAYLOADS
     assert [m.kwargs["job_id"] for m in queued(redis_client)] == ids
-    assert enqueued_total(redis_client) == 1200
+    assert enqueued_total(redis_client) == MAX_BATCH_PAYLOADS
 
 
 def test_every_retry_of_a_call_returns_the_same_answer(

@@ -16,7 +16,10 @@ from kombu.entity import Exchange, Queue
 
 from producers.errors import ConfigurationError
 from producers.keys import DELIVER_TASK, DELIVERY_QUEUE
-from worker import celery_logs  # noqa: F401 (connects its logging signal handlers)
+from worker import (
+    celery_logs,  # noqa: F401 (connects its logging signal handlers)
+    safe_logs,  # noqa: F401 (escapes the arguments of every log record)
+)
 from worker.connections import redis_client
 from worker.keys import CONTROL_QUEUE, REDRIVE_TASK
 from worker.metrics import MetricsServerStep

@@ -7,22 +7,27 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 import redis
 
 from producers import EnqueueError, InvalidEvent, Producer
 from producers.enqueue import idempotency_key_problem
-from producers.models import validate_payload, validate_store_id
+from producers.models import MAX_PAYLOAD_DEPTH, validate_payload, validate_store_id
 
 ENQUEUE_CHUNK = 500
 CONTENT_KEY_PREFIX = "content-sha256:"
+#: The most input ``snackvideo enqueue`` reads (64 MiB, some 60,000 real events). Every line
+#: is checked before the first is queued, so the whole input is held in memory, decoded.
+MAX_INPUT_BYTES = 64 * 1024 * 1024
 
 ENQUEUE_EPILOG = f"""\
-Input is one JSON object, or JSON Lines (one event a line). Every line is validated
-first: an invalid line is reported by line number and field, nothing is enqueued and the
-exit status is 1. Events then go to Redis in chunks of {ENQUEUE_CHUNK}, one atomic call per
-chunk, and their job ids are printed one a line, in input order.
+Input is one JSON object, or JSON Lines (one event a line), in UTF-8, at most
+{MAX_INPUT_BYTES // (1024 * 1024)} MiB (split a larger file). Every line is validated
+first: an invalid line is reported by line number and field (a line over
+SNACKVIDEO_MAX_PAYLOAD_BYTES, 512 KiB by default, as compact JSON is one), nothing is
+enqueued and the exit status is 1. Events then go to Redis in chunks of {ENQUEUE_CHUNK},
+one atomic call per chunk, and their job ids are printed one a line, in input order.
 
 A run that fails part-way (Redis gone: "error: Redis did not accept ...", exit status 1)
 has enqueued its first chunks, and maybe the chunk it was sending. To make running the
@@ -106,27 +111,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_payloads(stream: TextIO) -> list[tuple[int, Any]]:
+class InputTooLarge(ValueError):
+    """Raised when the input is over ``MAX_INPUT_BYTES`` (or is not UTF-8 text)."""
+
+
+def read_input(stream: BinaryIO, limit: int = MAX_INPUT_BYTES) -> str:
+    """The input as text, read no further than ``limit`` bytes."""
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise InputTooLarge(f"input: more than {limit} bytes; split it and run once per part")
+    try:
+        return str(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputTooLarge(f"input: not UTF-8 text (byte {exc.start})") from None
+
+
+def _decode(text: str) -> Any:
+    """One JSON document; ``_Unreadable`` when it is not JSON or too deep to decode.
+
+    json.loads recurses once per nesting level and raises RecursionError near 1,000 levels:
+    a value that deep is refused anyway (``MAX_PAYLOAD_DEPTH``), so it is reported as such.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        return _Unreadable(f"not valid JSON ({exc.msg})")
+    except RecursionError:
+        return _Unreadable(f"payload: nested deeper than {MAX_PAYLOAD_DEPTH} levels")
+
+
+def read_payloads(text: str) -> list[tuple[int, Any]]:
     """(line number, decoded JSON) for a single JSON document or for JSON Lines."""
-    text = stream.read()
     stripped = text.strip()
     if not stripped:
         return []
-    try:
-        whole = json.loads(stripped)
-    except json.JSONDecodeError:
-        whole = None
-    else:
-        if isinstance(whole, dict):
-            return [(1, whole)]
+    whole = _decode(stripped)
+    if isinstance(whole, dict):
+        return [(1, whole)]
     items: list[tuple[int, Any]] = []
     for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            items.append((number, json.loads(line)))
-        except json.JSONDecodeError as exc:
-            items.append((number, _Unreadable(f"not valid JSON ({exc.msg})")))
+        if line.strip():
+            items.append((number, _decode(line)))
     return items
 
 
@@ -168,15 +193,19 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     except InvalidEvent as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if args.file == "-":
-        items = read_payloads(sys.stdin)
-    else:
-        try:
-            with open(args.file, encoding="utf-8") as stream:
-                items = read_payloads(stream)
-        except OSError as exc:
-            print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-            return 1
+    try:
+        if args.file == "-":
+            text = read_input(sys.stdin.buffer)
+        else:
+            with open(args.file, "rb") as stream:
+                text = read_input(stream)
+    except OSError as exc:
+        print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except InputTooLarge as exc:
+        print(f"error: {exc}; nothing enqueued", file=sys.stderr)
+        return 1
+    items = read_payloads(text)
     if not items:
         print("error: no events in input", file=sys.stderr)
         return 1
@@ -185,6 +214,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         key_of = field_key(args.idempotency_key_field)
     elif args.idempotency_key_from_content:
         key_of = content_key
+    producer = Producer()  # reads SNACKVIDEO_MAX_PAYLOAD_BYTES; connects only to enqueue
     problems: list[str] = []
     payloads: list[dict[str, Any]] = []
     keys: list[str | None] = []
@@ -194,10 +224,12 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             continue
         found: list[tuple[str, str]] = []
         try:
-            payloads.append(validate_payload(item))
+            payloads.append(validate_payload(item, max_bytes=producer.max_payload_bytes))
         except InvalidEvent as exc:
             found += exc.problems
-        if key_of is not None and isinstance(item, dict):
+        # A content key hashes the whole line: only for one that validated (bounded size
+        # and depth); a field key reads one top-level field of any object.
+        if key_of is not None and isinstance(item, dict) and not (found and key_of is content_key):
             try:
                 keys.append(key_of(store_id, item))
             except InvalidEvent as exc:
@@ -209,14 +241,19 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         print(f"nothing enqueued: {len(problems)} problem(s)", file=sys.stderr)
+        producer.close()
         return 1
-    return _enqueue_in_chunks(store_id, payloads, keys, keyed=key_of is not None)
+    return _enqueue_in_chunks(producer, store_id, payloads, keys, keyed=key_of is not None)
 
 
 def _enqueue_in_chunks(
-    store_id: str, payloads: list[dict[str, Any]], keys: list[str | None], *, keyed: bool
+    producer: Producer,
+    store_id: str,
+    payloads: list[dict[str, Any]],
+    keys: list[str | None],
+    *,
+    keyed: bool,
 ) -> int:
-    producer = Producer()
     done = queued_now = 0
     try:
         for start in range(0, len(payloads), ENQUEUE_CHUNK):

@@ -30,13 +30,17 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from producers.models import nested_deeper_than
+from worker.bounded_json import kept_raw
 from worker.connections import redis_client
-from worker.deadletter import DeadLetter, DeadLetterStore
+from worker.deadletter import MAX_STORED_DEPTH, DeadLetter, DeadLetterStore
 from worker.reasons import KNOWN_REASONS, is_reason
 from worker.settings import get_settings
 from worker.visible import visible
 
 DEFAULT_LIST_LIMIT = 50
+#: How much of a payload too deep to indent ``dlq show`` prints.
+SHOW_DEEP_PAYLOAD_CHARS = 4_000
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 7 * 86_400}
@@ -173,17 +177,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not entries:
         print("no dead-letter entries match", file=sys.stderr)
         return 0
-    print(
-        f"{'ID':<40} {'REASON':<17} {'STATUS':>6} {'STORE':<16} {'CLICK_ID':<24} "
-        f"{'REPLAYS':>7}  DEAD-LETTERED (UTC)"
-    )
+    print(LIST_HEADER)
     for entry in entries:
-        print(
-            f"{visible(entry.id):<40} {visible(entry.reason):<17} "
-            f"{entry.status_code or '-':>6} {visible(entry.store_id or '-'):<16} "
-            f"{_cut(visible(entry.click_id or '-'), 24):<24} "
-            f"{entry.replay_count:>7}  {_time(entry.dead_lettered_at)}"
-        )
+        print(list_row(entry))
     return 0
 
 
@@ -195,6 +191,28 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(entry.to_dict(), indent=2, default=repr))
         return 0
+    print(show_text(entry))
+    return 0
+
+
+LIST_HEADER = (
+    f"{'ID':<40} {'REASON':<17} {'STATUS':>6} {'STORE':<16} {'CLICK_ID':<24} "
+    f"{'REPLAYS':>7}  DEAD-LETTERED (UTC)"
+)
+
+
+def list_row(entry: DeadLetter) -> str:
+    """One row of ``dlq list``: every field printable, whatever the entry holds."""
+    return (
+        f"{visible(entry.id):<40} {visible(entry.reason):<17} "
+        f"{_shown(entry.status_code or '-'):>6} {visible(entry.store_id or '-'):<16} "
+        f"{_cut(visible(entry.click_id or '-'), 24):<24} "
+        f"{_shown(entry.replay_count):>7}  {_time(entry.dead_lettered_at)}"
+    )
+
+
+def show_text(entry: DeadLetter) -> str:
+    """What ``dlq show`` prints for one entry (without ``--json``)."""
     rows = [
         ("id", entry.id),
         ("job_id", entry.job_id),
@@ -208,16 +226,24 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("enqueued_at", _time(entry.enqueued_at)),
         ("dead_lettered_at", _time(entry.dead_lettered_at)),
     ]
-    for name, value in rows:
-        print(f"{name + ':':<18} {visible(str(value))}")
-    print("error:")
-    print(_indent(visible(entry.error or "-", multiline=True)))
-    print("payload:")
-    # JSON already escapes C0 controls in strings; visible() shows the rest (C1, bidi).
-    payload = json.dumps(entry.payload, indent=2, ensure_ascii=False, default=repr)
-    print(_indent(visible(payload, multiline=True)))
-    print(f"\nreplay with: snackvideo dlq replay {visible(entry.id)}")
-    return 0
+    lines = [f"{name + ':':<18} {_shown(value)}" for name, value in rows]
+    lines += ["error:", _indent(visible(str(entry.error or "-"), multiline=True)), "payload:"]
+    lines.append(_indent(visible(payload_text(entry.payload), multiline=True)))
+    lines.append(f"\nreplay with: snackvideo dlq replay {visible(entry.id)}")
+    return "\n".join(lines)
+
+
+def payload_text(payload: Any) -> str:
+    """The payload as indented JSON; one nested deeper than an entry stores (an entry
+    written by something else) as its compact text, cut: never a RecursionError.
+    JSON escapes C0 controls in strings; ``visible`` shows the rest (C1, bidi)."""
+    if nested_deeper_than(payload, MAX_STORED_DEPTH):
+        kept = kept_raw(payload, SHOW_DEEP_PAYLOAD_CHARS)
+        return f"{kept['raw']} ... ({kept['raw_chars']} characters, nested too deep to indent)"
+    try:
+        return json.dumps(payload, indent=2, ensure_ascii=False, default=repr)
+    except (RecursionError, ValueError):  # a cycle, a repr that recurses
+        return str(kept_raw(payload, SHOW_DEEP_PAYLOAD_CHARS)["raw"])
 
 
 def collect_stats(store: DeadLetterStore) -> dict[str, Any]:
@@ -376,7 +402,14 @@ def _count(n: int) -> str:
 def _time(value: float | None) -> str:
     if value is None:
         return "-"
-    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError, OSError):  # not a time any calendar holds
+        return _shown(value)
+
+
+def _shown(value: Any) -> str:
+    return visible(str(value))
 
 
 def _span(seconds: float) -> str:

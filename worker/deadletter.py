@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any, cast
 import redis
 
 from producers.message import build_message
-from producers.models import JOB_SCHEMA_VERSION
-from worker.bounded_json import bounded_json
+from producers.models import JOB_SCHEMA_VERSION, MAX_PAYLOAD_DEPTH, nested_deeper_than
+from worker.bounded_json import kept_raw
 from worker.keys import (
     DELIVERY_QUEUE,
     DLQ_ENTRIES,
@@ -66,6 +66,11 @@ DEFAULT_MAX_AGE_SECONDS = 30 * 86_400.0
 DEFAULT_TAKEN_TTL_SECONDS = 600.0
 #: Text kept of a payload JSON cannot hold (``Settings.dlq_error_max_chars``).
 DEFAULT_RAW_MAX_CHARS = 2_000
+#: Deepest payload an entry stores as a value; a deeper one is stored as its cut text
+#: (``kept_raw``). Nothing deeper comes through the task (``worker.strategy`` parks bodies
+#: nested deeper than this), and so every entry can be decoded and printed by any JSON
+#: tool, ``dlq show`` included, without meeting a recursion limit.
+MAX_STORED_DEPTH = MAX_PAYLOAD_DEPTH + 32
 
 
 def entry_id(job_id: str, replay_count: int) -> str:
@@ -111,14 +116,15 @@ class DeadLetter:
 
     def to_json(self, *, raw_max_chars: int = DEFAULT_RAW_MAX_CHARS) -> str:
         data = self._fields()
+        if nested_deeper_than(self.payload, MAX_STORED_DEPTH):
+            # Keep its text, cut like an unreadable message's, and its length.
+            data["payload"] = kept_raw(self.payload, raw_max_chars)
         try:
             # default=repr: an unreadable job may hold anything; the entry must be stored.
             return json.dumps(data, separators=(",", ":"), default=repr)
         except (RecursionError, ValueError):
-            # A payload nested deeper than json.dumps recurses (or a cycle): keep its
-            # text, cut like an unreadable message's (worker.poison), and its length.
-            text, size = bounded_json(self.payload, raw_max_chars)
-            data["payload"] = {"raw": text, "raw_chars": size}
+            # A cycle, or an object whose repr recurses: its text, the same way.
+            data["payload"] = kept_raw(self.payload, raw_max_chars)
             return json.dumps(data, separators=(",", ":"), default=repr)
 
     def _fields(self) -> dict[str, Any]:

@@ -16,9 +16,9 @@ restoring without any run of it reaching an outcome is dead-lettered too
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,10 +27,11 @@ from typing import Any
 import redis
 
 from producers.errors import InvalidEvent
-from producers.models import JobMessage, validate_job
+from producers.models import MAX_ID_CHARS, JobMessage, nested_deeper_than, validate_job
 from worker import metrics
 from worker.backoff import backoff
-from worker.deadletter import DeadLetter, DeadLetterStore, invalid_entry_id
+from worker.bounded_json import bounded_json, kept_raw
+from worker.deadletter import MAX_STORED_DEPTH, DeadLetter, DeadLetterStore, invalid_entry_id
 from worker.errors import (
     DeadLettered,
     DeliveryError,
@@ -46,6 +47,7 @@ from worker.scalev import ScalevClient
 from worker.scheduler import DelayedJobs
 from worker.settings import MAX_REQUESTS_PER_RUN, Settings
 from worker.throttle import Slot, Throttle
+from worker.visible import log_field
 
 log = logging.getLogger("snackvideo.delivery")
 
@@ -125,7 +127,7 @@ class Dispatcher:
         try:
             if args:
                 raise InvalidEvent([("args", "the job takes keyword arguments only")])
-            job = validate_job(kwargs)
+            job = validate_job(kwargs, max_payload_bytes=self.settings.max_payload_bytes)
         except InvalidEvent as exc:
             problem = str(exc)
         except Exception as exc:  # the validator itself failed: unreadable all the same
@@ -181,7 +183,8 @@ class Dispatcher:
         with backoff and a counted attempt, as for a timeout; ``DeadLettered`` when that
         was its last attempt. A job parked or delivered already is only parked again, and
         the next run's done-check skips it."""
-        return self._failed(validate_job(kwargs), RetryableError(why))
+        job = validate_job(kwargs, max_payload_bytes=self.settings.max_payload_bytes)
+        return self._failed(job, RetryableError(why))
 
     # -- steps ---------------------------------------------------------------------
 
@@ -251,9 +254,9 @@ class Dispatcher:
             # message comes back (its ack lost too).
             log.error(
                 "job_id=%s was delivered (status=%s) but recording it failed: %s",
-                job.job_id,
+                log_field(job.job_id),
                 status_code,
-                self.describe(exc),
+                log_field(self.describe(exc)),
             )
 
     def _count_redelivery(self, job: JobMessage) -> int:
@@ -352,9 +355,9 @@ class Dispatcher:
             "internal error %d of at most %d job_id=%s store_id=%s: %s",
             errors,
             self.settings.max_internal_errors,
-            job.job_id,
-            job.store_id,
-            error,
+            log_field(job.job_id),
+            log_field(job.store_id),
+            log_field(error),
         )
         if errors < self.settings.max_internal_errors:
             wait = backoff(
@@ -435,8 +438,9 @@ class Dispatcher:
         replay_count = replay_count if isinstance(replay_count, int) else 0
         entry = DeadLetter(
             job_id=job_id,
-            store_id=store_id if isinstance(store_id, str) else "",
-            payload=raw.get("payload", raw),
+            # Cut: it names a count in the dead-letter store and shows in every listing.
+            store_id=store_id[:MAX_ID_CHARS] if isinstance(store_id, str) else "",
+            payload=self._kept_payload(raw.get("payload", raw)),
             reason="invalid_job",
             error=error[: self.settings.dlq_error_max_chars],
             enqueued_at=_number_or_none(raw.get("enqueued_at")),
@@ -450,18 +454,30 @@ class Dispatcher:
         log.warning(
             "outcome=%s reason=invalid_job job_id=%s store_id=%s error=%s",
             outcome,
-            entry.job_id,
-            entry.store_id or "-",
-            error,
+            log_field(entry.job_id),
+            log_field(entry.store_id or "-"),
+            log_field(entry.error),
         )
         raise DeadLettered("invalid_job", None, entry.click_id, entry.job_id)
+
+    def _kept_payload(self, payload: Any) -> Any:
+        """An unreadable job's payload as its entry keeps it: as it is, unless it is over
+        the payload bound or nested deeper than an entry holds; then its text, cut the way
+        every unreadable message's is (``kept_raw``), with its full length."""
+        kept = kept_raw(payload, self.settings.dlq_error_max_chars)
+        small = kept["raw_chars"] <= self.settings.max_payload_bytes
+        if small and not nested_deeper_than(payload, MAX_STORED_DEPTH):
+            return payload
+        return kept
 
     def _store(self, entry: DeadLetter) -> bool:
         """Add ``entry``; False when an entry of that id was there already."""
         added, trimmed = self.dead_letters.add(entry, now=self.clock())
         for item in trimmed:
             log.warning(
-                "dead-letter retention trimmed entry=%s reason=%s", item.entry_id, item.reason
+                "dead-letter retention trimmed entry=%s reason=%s",
+                log_field(item.entry_id),
+                log_field(item.reason),
             )
         return added
 
@@ -481,13 +497,15 @@ class Dispatcher:
     ) -> None:
         self._count(outcome, job, status_code, wait=wait, reason=reason, redelivered=redelivered)
         level = logging.WARNING if outcome == "dead_lettered" else logging.INFO
+        # The ids came from a producer: log_field keeps each one a single field of this line
+        # (a click_id holding "\nINFO outcome=delivered" forges no second outcome line).
         log.log(
             level,
             "outcome=%s job_id=%s store_id=%s click_id=%s status=%s attempt=%s wait=%.3f%s%s%s",
             outcome,
-            job.job_id,
-            job.store_id,
-            job.payload.get("click_id", "-"),
+            log_field(job.job_id),
+            log_field(job.store_id),
+            log_field(job.payload.get("click_id", "-")),
             status_code if status_code is not None else "-",
             attempt if attempt is not None else job.attempts,
             wait,
@@ -522,14 +540,14 @@ class Dispatcher:
 
 def _unreadable_job_id(raw: dict[str, Any], task_id: str | None) -> str:
     """The job's own id, else the Celery task id (Flower's row), else one made from the
-    content: the same message parked twice (a lost ack) must land on the same entry."""
-    job_id = raw.get("job_id")
-    if isinstance(job_id, str) and job_id:
-        return job_id
-    if task_id:
-        return task_id
-    text = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=repr)
-    return f"invalid-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    content: the same message parked twice (a lost ack) must land on the same entry. An
+    id longer than any real one (``MAX_ID_CHARS``) is not used: it would be the entry's
+    key and show in every listing."""
+    for candidate in (raw.get("job_id"), task_id):
+        if isinstance(candidate, str) and 0 < len(candidate) <= MAX_ID_CHARS:
+            return candidate
+    text, _ = bounded_json(raw, sys.maxsize)  # JSON text of anything, however deep
+    return f"invalid-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
 
 
 def _number_or_none(value: Any) -> float | None:

@@ -17,6 +17,7 @@ reason, the status code and the click_id, never an API key.
 from __future__ import annotations
 
 from producers.errors import DispatchError
+from worker.visible import log_field
 
 
 class DeliveryError(DispatchError):
@@ -75,9 +76,10 @@ class DeadLettered(DispatchError):
         self.status_code = status_code
         self.click_id = click_id
         self.job_id = job_id
+        # The ids came from outside: Celery logs this text and Flower shows it.
         super().__init__(
             f"dead-lettered: reason={reason} status={status_code if status_code else '-'} "
-            f"click_id={click_id or '-'} job_id={job_id}"
+            f"click_id={log_field(click_id or '-')} job_id={log_field(job_id)}"
         )
 
     def __reduce__(self) -> tuple[type, tuple[str, int | None, str | None, str]]:

@@ -10,7 +10,8 @@
     snackvideo:consumer:{id}:taken   set    delivery tags that incarnation took and has not acked
                                             or restored (written in kombu's own MULTI)
     snackvideo:taken_by              hash   delivery tag -> the incarnation that holds it now
-    snackvideo:idem:{store}:{key}    string job id holding an idempotency key (TTL 48 h)
+    snackvideo:idem:{store}:{key}    string job id holding an idempotency key (TTL 48 h); in
+                                            {store}, % and : are written %25 and %3A
     snackvideo:enqueue:call:{token}  string an enqueue call's result, for its retries (TTL 20 s)
     snackvideo:delivered:{job_id}    string set after a 2xx, so a redelivered message is not sent
                                             again (TTL: max job age + 1 day; set by
@@ -47,7 +48,11 @@
         next_slot_at              earliest next request: the budget is spread over the window
         updated_at, taken, rate_limited    last answer; slots taken; 429s seen (counters)
     snackvideo:throttle:{scope}:in_flight  zset  token -> lease end: slots taken, not yet answered
-    snackvideo:throttles             set    scopes with a throttle state (for `snackvideo status`)
+    snackvideo:throttle_scopes       zset   scope -> its last answer (Redis TIME s): the most
+                                            recent TRACKED_SCOPES_MAX scopes of the last day,
+                                            trimmed by throttle_record.lua (`snackvideo status`,
+                                            /metrics); replaces the unbounded set
+                                            snackvideo:throttles, no longer read
     snackvideo:metrics:enqueued      string jobs pushed by enqueue (INCRBY in the enqueue Lua;
                                             exported by worker.metrics)
 
@@ -98,7 +103,7 @@ DLQ_REASONS = f"{KEY_PREFIX}dlq:reasons"
 DLQ_STORES = f"{KEY_PREFIX}dlq:stores"
 DLQ_TRIMMED = f"{KEY_PREFIX}dlq:trimmed"
 REDRIVE_LOCK = f"{KEY_PREFIX}redrive:lock"
-THROTTLE_SCOPES = f"{KEY_PREFIX}throttles"
+THROTTLE_SCOPES = f"{KEY_PREFIX}throttle_scopes"
 CONSUMERS = f"{KEY_PREFIX}consumers"
 TAKEN_BY = f"{KEY_PREFIX}taken_by"
 

@@ -30,13 +30,14 @@ Two layers close the gaps:
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 import redis
 from celery.worker.consumer import Consumer
 
+from producers.models import MAX_ID_CHARS
+from worker.bounded_json import kept_raw
 from worker.settings import get_settings
 
 log = logging.getLogger("snackvideo.poison")
@@ -65,33 +66,24 @@ def envelope_task_id(payload: Any) -> Any:
 
 
 def dead_letter_raw(raw: Any, problem: str, *, job_id: Any = None, queue: str = "") -> None:
-    """Park an unreadable message as ``invalid_job``. Its raw text is kept, truncated.
+    """Park an unreadable message as ``invalid_job``: its text cut to
+    ``SNACKVIDEO_DLQ_ERROR_MAX_CHARS``, with its full length (``kept_raw``).
 
-    Raises ``redis.RedisError`` when Redis refuses the entry; the caller decides what
-    becomes of the message then.
+    Every guard that finds a message it cannot read comes here: the transport (an item
+    kombu cannot parse), Celery's strategy (a body that cannot be called as a task) and
+    the consumer's hooks below (unknown task, undecodable body). Raises
+    ``redis.RedisError`` when Redis refuses the entry; the caller decides what becomes of
+    the message then.
     """
     from worker.tasks import get_dispatcher  # worker.tasks imports worker.app, which names us
 
-    limit = get_settings().dlq_error_max_chars
-    text = raw_text(raw)
     kept = {
-        "job_id": job_id if isinstance(job_id, str) and job_id else None,
-        "queue": queue,
-        "raw": text[:limit],
-        "raw_chars": len(text),
+        # Both come from the message: an id longer than any real one is only in `raw`.
+        "job_id": job_id if isinstance(job_id, str) and 0 < len(job_id) <= MAX_ID_CHARS else None,
+        "queue": queue[:MAX_ID_CHARS] if isinstance(queue, str) else "",
+        **kept_raw(raw, get_settings().dlq_error_max_chars),
     }
     get_dispatcher().dead_letter_unreadable(kept, problem)
-
-
-def raw_text(raw: Any) -> str:
-    if isinstance(raw, bytes):
-        return raw.decode("utf-8", errors="replace")
-    if isinstance(raw, str):
-        return raw
-    try:
-        return json.dumps(raw, separators=(",", ":"), default=repr)
-    except (TypeError, ValueError):
-        return repr(raw)
 
 
 class PoisonAwareConsumer(Consumer):
@@ -117,7 +109,7 @@ class PoisonAwareConsumer(Consumer):
         """Dead-letter ``message``; False (and the message requeued) if Redis refused."""
         raw = getattr(message, "_raw", None)  # the envelope as popped (kombu virtual Message)
         if raw is None:
-            raw = {"headers": message.headers, "body": raw_text(message.body)}
+            raw = {"headers": message.headers, "body": message.body}
         headers = message.headers if isinstance(message.headers, dict) else {}
         queue = (message.delivery_info or {}).get("routing_key") or ""
         try:

@@ -40,6 +40,7 @@ from worker.connections import redis_client
 from worker.deadletter import DeadLetter, DeadLetterStore, Trimmed
 from worker.keys import REDRIVE_LOCK, REDRIVE_TASK
 from worker.settings import Settings, get_settings
+from worker.visible import log_field
 
 log = logging.getLogger("snackvideo.redrive")
 
@@ -135,7 +136,9 @@ class Redriver:
         report.trimmed = self.store.trim(now=self.clock())
         for item in report.trimmed:
             log.warning(
-                "dead-letter retention trimmed entry=%s reason=%s", item.entry_id, item.reason
+                "dead-letter retention trimmed entry=%s reason=%s",
+                log_field(item.entry_id),
+                log_field(item.reason),
             )
         candidates, report.at_cap, report.waiting = self.select()
         taken = set(self.store.replay(candidates))
@@ -143,10 +146,10 @@ class Redriver:
         for entry in report.replayed:
             log.info(
                 "redrive replayed entry=%s reason=%s store_id=%s click_id=%s replay=%d",
-                entry.id,
-                entry.reason,
-                entry.store_id or "-",
-                entry.click_id or "-",
+                log_field(entry.id),
+                log_field(entry.reason),
+                log_field(entry.store_id or "-"),
+                log_field(entry.click_id or "-"),
                 entry.replay_count + 1,
             )
         return report

@@ -11,12 +11,14 @@ Two things a hostile or broken server must not be able to do:
   watchdog (``worker.request_deadline``) cuts the request at connect + read timeout, name
   resolution included (``worker.guarded_connections``). A cut request is a
   ``RetryableError``.
+- Fill a worker's memory. The body is streamed and read no further than
+  ``RESPONSE_BODY_MAX_BYTES`` (decoded: urllib3 bounds what it decompresses too), inside
+  the same deadline; a longer body is cut there and its connection closed, not drained.
 """
 
 from __future__ import annotations
 
 import http.client
-import json
 import logging
 import os
 import time
@@ -27,6 +29,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import requests
 import urllib3
 
+from producers.models import request_body
 from worker import metrics
 from worker.errors import (
     DeliveryError,
@@ -51,6 +54,9 @@ USER_AGENT = "snackvideo-dispatch/0.1"
 LOCATION_MAX_CHARS = 2000
 #: What an echoed storefront key is replaced with in anything kept from a response.
 REDACTED = "[redacted]"
+#: The most of a response body read (Scalev's error bodies are a few hundred bytes; a
+#: dead-letter entry keeps SNACKVIDEO_DLQ_ERROR_MAX_CHARS of it).
+RESPONSE_BODY_MAX_BYTES = 64 * 1024
 # What a request can fail with once the watchdog shut its socket down, wherever it was:
 # requests wraps most of it, the rest is listed so no cut request escapes as a crash.
 _TRANSPORT_ERRORS = (
@@ -118,6 +124,27 @@ def _read_environment_once(session: requests.Session, base_url: str) -> None:
     session.trust_env = False
 
 
+def _no_redirect_target(_response: requests.Response) -> None:
+    return None  # redirects are never followed (RedirectRefused)
+
+
+def read_body(response: requests.Response, limit: int) -> str:
+    """At most ``limit`` bytes of a streamed response's body, decoded, as text.
+
+    ``response.text`` would read all of it: a hostile server's endless body was bounded
+    only by the request deadline, and held in memory meanwhile. urllib3 stops reading
+    (and decompressing) at ``limit``; the charset is the one the server named, else UTF-8
+    (requests' guessing from the content is slow on a large body and pointless on a cut
+    one); undecodable bytes are replaced.
+    """
+    data = response.raw.read(limit, decode_content=True)
+    encoding = response.encoding or "utf-8"
+    try:
+        return str(data.decode(encoding, errors="replace"))
+    except LookupError:  # a charset Python does not know
+        return str(data.decode("utf-8", errors="replace"))
+
+
 def _location_host(url: str, location: str | None) -> str:
     """The host a Location points to (a relative one: this host), for the log line."""
     if not location:
@@ -139,13 +166,18 @@ class ScalevClient:
         read_timeout_seconds: float,
         session: requests.Session | None = None,
         resolver: Resolve | None = None,
+        body_max_bytes: int = RESPONSE_BODY_MAX_BYTES,
     ) -> None:
         self.base_url = base_url
+        self.body_max_bytes = body_max_bytes
         self.timeout = (connect_timeout_seconds, read_timeout_seconds)
         # The whole request, name resolution to the last byte of the body.
         self.deadline_seconds = connect_timeout_seconds + read_timeout_seconds
         self.resolver: Resolve = resolver or bounded_resolver()
         self.session = session or requests.Session()
+        # With allow_redirects=False requests still prepares Response.next for a 3xx,
+        # and reads the whole body to do so, however long: with no target it reads none.
+        self.session.get_redirect_target = _no_redirect_target  # type: ignore[method-assign,assignment]
         self.session.headers["User-Agent"] = USER_AGENT
         _read_environment_once(self.session, base_url)
         adapter = DeadlineAdapter()
@@ -154,7 +186,7 @@ class ScalevClient:
 
     def send(self, store_id: str, api_key: str, payload: dict[str, Any]) -> Delivered:
         """POST one event; return on 2xx, raise a ``DeliveryError`` subclass otherwise."""
-        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        body = request_body(payload)  # the bytes SNACKVIDEO_MAX_PAYLOAD_BYTES measures
         url = events_url(self.base_url, store_id)
         started = time.perf_counter()
         guard = watchdog().arm(self.deadline_seconds, self.resolver)
@@ -167,7 +199,12 @@ class ScalevClient:
                 headers={API_KEY_HEADER: api_key, "Content-Type": "application/json"},
                 timeout=self.timeout,
                 allow_redirects=False,
+                stream=True,  # the body is read below, bounded, under the same deadline
             )
+            try:
+                text = read_body(response, self.body_max_bytes)
+            finally:
+                response.close()  # a body read to its end leaves the connection kept alive
         except _TRANSPORT_ERRORS as exc:
             failure = exc
         finally:
@@ -184,7 +221,7 @@ class ScalevClient:
         headers = {name.lower(): value for name, value in response.headers.items()}
         if 300 <= response.status_code < 400:
             headers = self._refuse_redirect(response.status_code, headers, url, api_key)
-        outcome = classify(response.status_code, redact(response.text, api_key), headers)
+        outcome = classify(response.status_code, redact(text, api_key), headers)
         if isinstance(outcome, DeliveryError):
             raise outcome
         return outcome

@@ -21,6 +21,7 @@ from worker.deadletter import DeadLetterStore
 from worker.keys import CONTROL_QUEUE, DELIVERY_QUEUE
 from worker.scheduler import DelayedJobs
 from worker.throttle import throttle_status
+from worker.visible import visible
 
 #: kombu's hash of messages taken by a worker and not yet acknowledged.
 UNACKED = "unacked"
@@ -117,5 +118,5 @@ def _throttle_rows(throttle: Any) -> list[tuple[str, Any]]:
             continue
         # "-" rather than a missing field: "blocked_until=-" says "not blocked".
         fields = " ".join(f"{k}={'-' if v is None else v}" for k, v in info.items() if k != "scope")
-        rows.append((f"  {info.get('scope', '?')}", fields))
+        rows.append((f"  {visible(str(info.get('scope', '?')))}", visible(fields)))
     return rows

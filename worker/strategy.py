@@ -23,8 +23,8 @@ import redis
 from celery.worker.strategy import default
 from kombu.exceptions import DecodeError
 
-from producers.models import MAX_PAYLOAD_DEPTH
-from worker.settings import get_settings
+from producers.models import MAX_PAYLOAD_DEPTH, nested_deeper_than
+from worker.poison import dead_letter_raw
 
 log = logging.getLogger("snackvideo.delivery")
 
@@ -50,23 +50,6 @@ def body_problem(body: Any) -> str | None:
     return None
 
 
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether containers nest more than ``limit`` levels in ``value`` (no recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list | tuple):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
-
-
 def guarded(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
     """Celery's default strategy, after a check that the body can be unpacked at all."""
     handle = default(task, app, consumer, **kwargs)
@@ -80,14 +63,17 @@ def guarded(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
             try:
                 raw = message.payload
             except DecodeError as exc:
-                problem, raw = f"message body is not valid JSON: {exc}", message.body
-            else:
-                if _deeper_than(raw, MAX_BODY_DEPTH):
-                    # Keep its text: the decoded value is as hard to store as to pickle.
+                raw = message.body
+                if isinstance(exc.__context__, RecursionError):  # json.loads gave up on depth
                     problem = f"message body is nested deeper than {MAX_BODY_DEPTH} levels"
-                    raw = message.body
+                else:
+                    problem = f"message body is not valid JSON: {exc}"
+            else:
+                if nested_deeper_than(raw, MAX_BODY_DEPTH):
+                    problem = f"message body is nested deeper than {MAX_BODY_DEPTH} levels"
                 else:
                     problem = body_problem(raw)
+                raw = message.body  # its text as it came, kept like any unreadable message's
             if problem is not None:
                 return _dead_letter(message, raw, problem, ack, reject, consumer)
         return handle(message, body, ack, reject, callbacks, **kw)
@@ -98,19 +84,12 @@ def guarded(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
 def _dead_letter(
     message: Any, raw: Any, problem: str, ack: Any, reject: Any, consumer: Any
 ) -> None:
-    from worker.tasks import get_dispatcher  # the task module imports this one's users
-
-    task_id = message.headers.get("id") if isinstance(message.headers, dict) else None
-    kept: dict[str, Any] = {"job_id": task_id, "raw": raw}
-    if isinstance(raw, bytes | str):
-        # The raw text, cut like a poison item's (worker.poison), with its full length.
-        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-        limit = get_settings().dlq_error_max_chars
-        kept.update(raw=text[:limit], raw_chars=len(text))
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    queue = (message.delivery_info or {}).get("routing_key") or ""
     try:
-        get_dispatcher().dead_letter_unreadable(kept, problem)
+        dead_letter_raw(raw, problem, job_id=headers.get("id"), queue=queue)
     except redis.RedisError as exc:
-        log.warning("cannot dead-letter unreadable message %s: %s", task_id, exc)
+        log.warning("cannot dead-letter unreadable message %s: %s", headers.get("id"), exc)
         reject(log, consumer.connection_errors, requeue=True)
         return
     ack(log, consumer.connection_errors)

@@ -48,7 +48,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
@@ -69,6 +69,10 @@ FALLBACK_WINDOW_SECONDS = 1.0
 STATE_TTL_SECONDS = 86_400.0
 #: Spread wake-ups of processes told the same wait, so they do not all hit Redis at once.
 WAIT_JITTER_SECONDS = 0.002
+#: Scopes the index keeps, the most recently answered: what `snackvideo status` shows and
+#: /metrics labels. One per base URL is a handful; one per store (SNACKVIDEO_THROTTLE_SCOPE
+#: =store) is as many as producers name, so the index keeps only the latest ones.
+TRACKED_SCOPES_MAX = 100
 
 
 @dataclass(frozen=True)
@@ -261,6 +265,7 @@ class Throttle:
                 STATE_TTL_SECONDS,
                 scope,
                 delivered.delivered_ttl_seconds if delivered is not None else "",
+                TRACKED_SCOPES_MAX,
             ],
         )
 
@@ -293,12 +298,24 @@ class Throttle:
 
 def read_state(client: redis.Redis, scope: str) -> ThrottleState:
     """The throttle state of one scope, as ``snackvideo status`` prints it."""
+    return read_states(client, [scope])[0]
+
+
+def read_states(client: redis.Redis, scopes: list[str]) -> list[ThrottleState]:
+    """The throttle states of ``scopes``: two round trips, however many there are."""
     seconds, micros = client.time()
     now = float(seconds) + float(micros) / 1e6
     with client.pipeline(transaction=False) as pipe:
-        pipe.hgetall(throttle_key(scope))
-        pipe.zcount(throttle_in_flight_key(scope), f"({now}", "+inf")
-        raw, in_flight = pipe.execute()
+        for scope in scopes:
+            pipe.hgetall(throttle_key(scope))
+            pipe.zcount(throttle_in_flight_key(scope), f"({now}", "+inf")
+        replies = pipe.execute()
+    return [
+        _state(scope, replies[2 * i], replies[2 * i + 1], now) for i, scope in enumerate(scopes)
+    ]
+
+
+def _state(scope: str, raw: dict[Any, Any], in_flight: int, now: float) -> ThrottleState:
     fields = {_text(key): _text(value) for key, value in raw.items()}
 
     def number(name: str) -> float | None:
@@ -327,20 +344,18 @@ def read_state(client: redis.Redis, scope: str) -> ThrottleState:
 
 
 def throttle_status(client: redis.Redis) -> dict[str, dict[str, Any]]:
-    """``{scope: state}`` for every scope with a live throttle state."""
-    return {scope: read_state(client, scope).as_dict() for scope in known_scopes(client)}
+    """``{scope: state}`` for the scopes of the index (at most ``TRACKED_SCOPES_MAX``, the
+    most recently answered), in three round trips whatever the number of stores."""
+    scopes = known_scopes(client)
+    states = read_states(client, scopes) if scopes else []
+    return {state.scope: state.as_dict() for state in sorted(states, key=lambda s: s.scope)}
 
 
 def known_scopes(client: redis.Redis) -> list[str]:
-    """Scopes with a live state (forgotten ones are dropped from the index on the way)."""
-    scopes = sorted(_text(member) for member in client.smembers(THROTTLE_SCOPES))
-    live = []
-    for scope in scopes:
-        if client.exists(throttle_key(scope)):
-            live.append(scope)
-        else:
-            client.srem(THROTTLE_SCOPES, scope)
-    return live
+    """The scopes in the index, most recently answered first (the record script trims it
+    to ``TRACKED_SCOPES_MAX`` and to the scopes whose state still lives)."""
+    members = cast(list[bytes], client.zrevrange(THROTTLE_SCOPES, 0, TRACKED_SCOPES_MAX - 1))
+    return [_text(member) for member in members]
 
 
 def _text(value: bytes | str) -> str:

@@ -45,13 +45,17 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
 from worker import ownership
+from worker.bounded_json import kept_raw
 from worker.clock import RedisClock
 from worker.keys import TAKEN_BY, consumer_taken_key
-from worker.poison import dead_letter_raw, envelope_problem, envelope_task_id, raw_text
+from worker.poison import dead_letter_raw, envelope_problem, envelope_task_id
+from worker.visible import log_field, visible
 
 log = logging.getLogger("snackvideo.transport")
 
 TRANSPORT_PATH = "worker.transport:SafeTransport"
+#: How much of a popped message that could not be returned the CRITICAL line shows.
+LOST_MESSAGE_LOG_CHARS = 500
 
 #: Popped items that are in no Redis key yet: (queue, raw item). Kept per process, not per
 #: channel, because a reconnect replaces the channel and the next one must return them.
@@ -291,7 +295,7 @@ class SafeQoS(kombu_redis.QoS):
             "returns when this consumer's channel closes or is replaced (a reconnect), or "
             "after the visibility timeout",
             what,
-            delivery_tag,
+            log_field(delivery_tag),
             exc,
         )
 
@@ -306,7 +310,7 @@ class SafeQoS(kombu_redis.QoS):
             "%s of message %s after its channel closed: the message is restored with its "
             "retired consumer's messages",
             what,
-            delivery_tag,
+            log_field(delivery_tag),
         )
 
 
@@ -370,11 +374,14 @@ class SafeChannel(kombu_redis.Channel):
 
     def _readable(self, item: bytes, queue: str) -> Any:
         """The parsed item, or None once an unreadable one has been dead-lettered."""
+        problem: str | None
         try:
             payload = loads(bytes_to_str(item))  # type: ignore[no-untyped-call]
         except (TypeError, ValueError) as exc:  # ValueError covers JSON and UTF-8 errors
-            problem: str | None = f"message is not JSON: {exc}"
-            payload = None
+            problem, payload = f"message is not JSON: {exc}", None
+        except RecursionError:
+            # json.loads recurses per nesting level; no envelope nests more than a few.
+            problem, payload = "message is nested too deep to be an envelope", None
         else:
             problem = envelope_problem(self, payload)
         if problem is None:
@@ -417,9 +424,9 @@ class SafeChannel(kombu_redis.Channel):
             for queue, item in _UNRECORDED:
                 log.critical(
                     "popped message not back in Redis (queue %s); it is lost if this "
-                    "process exits: %.500s",
-                    queue,
-                    raw_text(item),
+                    "process exits: %s",
+                    log_field(queue),
+                    visible(kept_raw(item, LOST_MESSAGE_LOG_CHARS)["raw"]),
                 )
         super().close()  # type: ignore[no-untyped-call]
 

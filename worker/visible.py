@@ -14,6 +14,8 @@ back; ``--json`` output is the exact form.
 
 from __future__ import annotations
 
+import json
+
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -39,3 +41,32 @@ def _escape(ch: str) -> str:
     if code < 0x10000:
         return f"\\u{code:04x}"
     return f"\\U{code:08x}"
+
+
+def log_field(value: object) -> str:
+    """``value`` as the value of one ``key=value`` field of a log line (logfmt).
+
+    A plain token (printable, no space, ``=``, ``"`` or backslash: UUIDs, store ids) is
+    written as it is. Anything else is written as a JSON string, with every character
+    that is not printable as a ``\\uXXXX`` escape: a newline cannot start a forged line,
+    an escape sequence cannot act on a terminal, ``click_id=a status=999`` cannot pose as
+    two fields, and ``json.loads`` of the field gives the value back exactly.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if text and text.isprintable() and not any(ch in text for ch in _QUOTE_FOR):
+        return text
+    quoted = json.dumps(text, ensure_ascii=False)  # escapes C0 controls, quotes, backslashes
+    if quoted.isprintable():
+        return quoted
+    return "".join(ch if ch.isprintable() else _json_escape(ch) for ch in quoted)
+
+
+_QUOTE_FOR = frozenset(' ="\\')
+
+
+def _json_escape(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # outside the BMP: a surrogate pair, as JSON writes it
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"

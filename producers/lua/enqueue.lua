@@ -52,8 +52,10 @@ for i = 0, count - 1 do
 end
 -- unpack() stops at a few thousand values ("too many results to unpack"), an error that
 -- would end the script with the keys above claimed and nothing pushed: so push and release
--- in chunks. Only the first LPUSH can fail (WRONGTYPE), and it fails before any push.
-local CHUNK = 1000
+-- in chunks, well inside that limit and smaller than the largest batch a producer sends
+-- (MAX_BATCH_PAYLOADS), so that batch is pushed in several. Only the first LPUSH can fail
+-- (WRONGTYPE), and it fails before any push.
+local CHUNK = 400
 local function chunk(list, first)
   return unpack(list, first, math.min(first + CHUNK - 1, #list))
 end

@@ -1,4 +1,4 @@
--- keys=[state, in_flight, scopes, delivered?] args=[now, token, acquired_at, rate_limited, limit, remaining, reset_in, reset_resolution, retry_after, fallback_window_seconds, ttl_seconds, scope, delivered_ttl_seconds | ""]
+-- keys=[state, in_flight, scopes, delivered?] args=[now, token, acquired_at, rate_limited, limit, remaining, reset_in, reset_resolution, retry_after, fallback_window_seconds, ttl_seconds, scope, delivered_ttl_seconds | "", scopes_max]
 -- Releases a slot taken by throttle_acquire and learns from the response's headers.
 -- After a 2xx the dispatcher also passes the job's delivered-marker key (`delivered`) and
 -- its TTL: the marker is set in this same call, so a delivery's bookkeeping after the
@@ -153,5 +153,11 @@ if next_slot_at and reset_at and next_slot_at > reset_at then
   redis.call('HDEL', KEYS[1], 'next_slot_at')
 end
 redis.call('PEXPIRE', KEYS[1], ttl_ms)
-redis.call('SADD', KEYS[3], ARGV[12])
+-- The scope index, by last answer: only the most recent scopes_max scopes whose state
+-- still lives. With one scope per store, producers choose the scopes; without the trim
+-- the index, and what `snackvideo status` and every /metrics scrape read, would grow
+-- with every store id ever seen.
+redis.call('ZADD', KEYS[3], now, ARGV[12])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (now - ttl_ms / 1000))
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[14]) + 1))
 return 1
