@@ -124,12 +124,12 @@ def test_enqueue_many_refuses_a_batch_over_the_count_bound(
 def test_the_bound_is_read_from_the_environment(
     redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("SNACKVIDEO_MAX_PAYLOAD_BYTES", "300")
+    monkeypatch.setenv("SNACKVIDEO_MAX_PAYLOAD_BYTES", "2000")
     producer = Producer(redis_url)
-    assert producer.max_payload_bytes == 300
-    with pytest.raises(InvalidEvent, match=r"payload: 301 bytes, more than .* \(300\)"):
-        producer.enqueue(STORE, sized(301))
-    producer.enqueue(STORE, sized(300))
+    assert producer.max_payload_bytes == 2000
+    with pytest.raises(InvalidEvent, match=r"payload: 2001 bytes, more than .* \(2000\)"):
+        producer.enqueue(STORE, sized(2001))
+    producer.enqueue(STORE, sized(2000))
     assert redis_client.llen(DELIVERY_QUEUE) == 1
     producer.close()
 
