@@ -34,9 +34,9 @@ PER_DELIVERY_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "snackvide
 if VARIANTS - KNOWN:
     raise SystemExit(f"unknown BENCH_VARIANT: {', '.join(sorted(VARIANTS - KNOWN))}")
 if "celery_task_log" in VARIANTS:
-    os.environ["SNACKVIDEO_CELERY_TASK_LOG"] = "on"  # read once, when worker.app is imported
+    os.environ["SNACKVIDEO_CELERY_TASK_LOG"] = "on"  # read once, when worker.celery_app is imported
 
-from worker.app import app  # noqa: E402 (after the environment above)
+from worker import app  # noqa: E402 (after the environment above)
 
 __all__ = ["app"]
 

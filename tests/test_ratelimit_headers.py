@@ -7,7 +7,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from worker.ratelimit_headers import (
+from worker.throttle.headers import (
     MAX_COUNT,
     MAX_RESET_SECONDS,
     MILLISECOND,

@@ -1,10 +1,14 @@
-"""The Celery app: ``celery -A worker worker|beat|flower``.
+"""The Celery app: ``celery -A worker worker|beat|flower`` (``worker.app`` builds it on
+first use, by importing this module).
 
 Configured for durability: a job is acknowledged only after it was delivered, parked in
 the delayed set, or dead-lettered (late acks), a killed worker's jobs go back to the
-queue (reject on worker lost; the consumer heartbeat sweep of ``worker.ownership`` within
-seconds; the visibility timeout as the backstop), and a worker holds one job per process
-(prefetch 1) so a crash strands as few as possible.
+queue (reject on worker lost; the consumer heartbeat sweep of
+``worker.celery_ext.ownership`` within seconds; the visibility timeout as the backstop),
+and a worker holds one job per process (prefetch 1) so a crash strands as few as possible.
+
+Also here: the beat schedule, and the bootsteps a worker runs in its main process (the
+due-job mover, the clock-skew watch, the /metrics server).
 """
 
 from __future__ import annotations
@@ -16,27 +20,29 @@ from kombu.entity import Exchange, Queue
 
 from producers.errors import ConfigurationError
 from producers.keys import DELIVER_TASK, DELIVERY_QUEUE
-from worker import (
-    celery_logs,  # noqa: F401 (connects its logging signal handlers)
-    safe_logs,  # noqa: F401 (escapes the arguments of every log record)
+from worker.celery_ext import (
+    escaped_logs,  # noqa: F401 (escapes the arguments of every log record)
+    quiet_task_logs,  # noqa: F401 (connects its logging signal handlers)
 )
-from worker.connections import redis_client
+from worker.celery_ext.transport import register_transport
+from worker.clock_skew import ClockSkewWatch, start_watch
+from worker.connections import redis_client, redis_clock
+from worker.delayed.mover import DueJobMover
+from worker.delayed.store import DelayedJobs
 from worker.keys import CONTROL_QUEUE, REDRIVE_TASK
-from worker.metrics import MetricsServerStep
-from worker.scheduler import DelayedJobs, DueJobMover
+from worker.metrics.server import MetricsServerStep
 from worker.settings import get_settings, refuse
-from worker.skew import ClockSkewStep
-from worker.transport import register_transport
 
 try:
     settings = get_settings()
 except ConfigurationError as exc:
-    # Every process imports this first: celery worker, beat and flower, the snackvideo
-    # CLI. Raised on, the error would be an import traceback (celery's "Unable to load
-    # celery application" with it, exit 2 or 1); SystemExit(str) would print the line but
-    # exit 1. One line on stderr and exit 2, the usual status of a usage error.
+    # Celery worker, beat and flower build the app first (the snackvideo CLI reads the
+    # settings the same way in worker.cli.main). Raised on, the error would be an import
+    # traceback (celery's "Unable to load celery application" with it, exit 2 or 1);
+    # SystemExit(str) would print the line but exit 1. One line on stderr and exit 2, the
+    # usual status of a usage error.
     refuse(exc)
-# redis:// now means kombu's Redis transport with the guards of worker.transport.
+# redis:// now means kombu's Redis transport with the guards of worker.celery_ext.transport.
 register_transport()
 
 
@@ -48,7 +54,7 @@ def _direct_queue(name: str) -> Queue:
 restore_interval = settings.unacked_restore_interval_seconds
 heartbeat_seconds = settings.consumer_heartbeat_seconds
 
-app = Celery("snackvideo", broker=settings.redis_url, include=["worker.tasks", "worker.redrive"])
+app = Celery("snackvideo", broker=settings.redis_url, include=["worker.tasks"])
 app.conf.update(
     task_default_queue=DELIVERY_QUEUE,
     # A worker consumes both lists. Producers push deliveries straight onto the
@@ -97,19 +103,19 @@ app.conf.update(
     broker_connection_max_retries=None,  # a worker waits out a Redis outage, however long
     # Keep deliveries running through a broker reconnect (Celery 6 flips this default):
     # a running POST finishes and sets its delivered-marker. The reconnect retires the
-    # old consumer and its messages come back at once (worker.ownership, as kombu itself
-    # does when Redis answers at the close): a copy taken while the original still runs
+    # old consumer and its messages come back at once (worker.celery_ext.ownership, as kombu
+    # itself does when Redis answers at the close): a copy taken while the original still runs
     # may be sent beside it, at most the jobs in flight. A cancelled run could die
     # between its POST and its marker: a duplicate all the same (docs/durability.md).
     worker_cancel_long_running_tasks_on_connection_loss=False,
     broker_transport_options={
-        # Retries and long throttle waits live in Redis (worker.scheduler), so no message
+        # Retries and long throttle waits live in Redis (worker.delayed), so no message
         # is held longer than one POST plus one short sleep: the timeout can stay short.
         # It is the backstop only: a killed worker's jobs return when its heartbeat ends
-        # (worker.ownership), within seconds.
+        # (worker.celery_ext.ownership), within seconds.
         "visibility_timeout": settings.visibility_timeout_seconds,
         # kombu's restore timer runs at the consumer heartbeat period: each tick restores
-        # the jobs of consumers that died or were replaced (worker.ownership), and every
+        # the jobs of consumers that died or were replaced (ownership), and every
         # n-th tick also scans for jobs older than the visibility timeout, the backstop.
         "unacked_restore_interval": settings.consumer_heartbeat_seconds,
         "unacked_restore_throttle": max(1, round(restore_interval / heartbeat_seconds)),
@@ -123,15 +129,15 @@ app.conf.update(
         "socket_connect_timeout": 5,
         "health_check_interval": 10,
     },
-    # Celery's hooks for unknown / invalid messages dead-letter them (worker.poison).
-    worker_consumer="worker.poison:PoisonAwareConsumer",
+    # Celery's hooks for unknown / invalid messages dead-letter them (worker.celery_ext.poison).
+    worker_consumer="worker.celery_ext.poison:PoisonAwareConsumer",
     worker_hijack_root_logger=True,
     worker_redirect_stdouts=False,
 )
 
 
 class DueJobsStep(bootsteps.StartStopStep):
-    """Runs the due-job mover (``worker.scheduler``) in the worker's main process."""
+    """Runs the due-job mover (``worker.delayed.mover``) in the worker's main process."""
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
@@ -146,9 +152,26 @@ class DueJobsStep(bootsteps.StartStopStep):
             self.mover.stop()
 
 
+class ClockSkewStep(bootsteps.StartStopStep):
+    """Watches the host's clock against Redis TIME (``worker.clock_skew``) in the worker's
+    main process, the one that serves /metrics."""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.watch: ClockSkewWatch | None = None
+
+    def start(self, parent: Any) -> None:
+        self.watch = start_watch(redis_clock())
+
+    def stop(self, parent: Any) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+
+
 app.steps["worker"].add(DueJobsStep)
 # The host's clock against Redis TIME: snackvideo_clock_skew_seconds, a WARNING past 1 s.
 app.steps["worker"].add(ClockSkewStep)
-# /metrics from the main process; importing worker.metrics also connects its worker_init
-# (multiprocess files, before the pool forks) and worker_process_shutdown handlers.
+# /metrics from the main process; importing worker.metrics.server also connects its
+# worker_init (multiprocess files, before the pool forks) and worker_process_shutdown
+# handlers.
 app.steps["worker"].add(MetricsServerStep)

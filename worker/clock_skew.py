@@ -5,21 +5,17 @@ host no longer parks or moves jobs early. What still reads the local clock is ot
 people's code: kombu scores in-flight messages with it (the visibility timeout), Celery
 beat and task expiry use it, and so do log timestamps (docs/durability.md, "Clocks"). So
 the skew is measured at start and every minute, exported as the gauge
-``snackvideo_clock_skew_seconds`` (local minus Redis, signed; ``worker.metrics``), and a
-WARNING is logged when it crosses ``WARN_ABOVE_SECONDS``, once per crossing: a clock that
-stays off does not fill the log.
+``snackvideo_clock_skew_seconds`` (local minus Redis, signed; ``worker.metrics.collectors``),
+and a WARNING is logged when it crosses ``WARN_ABOVE_SECONDS``, once per crossing: a clock
+that stays off does not fill the log.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
-
-from celery import bootsteps
 
 from worker.clock import DEFAULT_REFRESH_SECONDS, RedisClock
-from worker.connections import redis_clock
 
 log = logging.getLogger("snackvideo.clock")
 
@@ -80,25 +76,17 @@ class ClockSkewWatch(threading.Thread):
 _watch: ClockSkewWatch | None = None
 
 
+def start_watch(clock: RedisClock) -> ClockSkewWatch:
+    """Measure now and every interval from here on (the worker's main process, the one
+    that serves /metrics: ``worker.celery_app.ClockSkewStep``)."""
+    global _watch
+    watch = ClockSkewWatch(clock)
+    watch.check()  # at start, before the first interval: a skew shows at once
+    watch.start()
+    _watch = watch
+    return watch
+
+
 def current_skew_seconds() -> float | None:
     """The last skew measured by this process's watch (the worker's main process)."""
     return _watch.skew_seconds if _watch is not None else None
-
-
-class ClockSkewStep(bootsteps.StartStopStep):
-    """Runs the watch in the worker's main process, the one that serves /metrics."""
-
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self.watch: ClockSkewWatch | None = None
-
-    def start(self, parent: Any) -> None:
-        global _watch
-        self.watch = ClockSkewWatch(redis_clock())
-        self.watch.check()  # at start, before the first interval: a skew shows at once
-        self.watch.start()
-        _watch = self.watch
-
-    def stop(self, parent: Any) -> None:
-        if self.watch is not None:
-            self.watch.stop()

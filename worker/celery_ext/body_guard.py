@@ -24,7 +24,7 @@ from celery.worker.strategy import default
 from kombu.exceptions import DecodeError
 
 from producers.models import MAX_PAYLOAD_DEPTH, nested_deeper_than
-from worker.poison import dead_letter_raw
+from worker.deadletter.unreadable import park_raw
 
 log = logging.getLogger("snackvideo.delivery")
 
@@ -87,7 +87,7 @@ def _dead_letter(
     headers = message.headers if isinstance(message.headers, dict) else {}
     queue = (message.delivery_info or {}).get("routing_key") or ""
     try:
-        dead_letter_raw(raw, problem, job_id=headers.get("id"), queue=queue)
+        park_raw(raw, problem, job_id=headers.get("id"), queue=queue)
     except redis.RedisError as exc:
         log.warning("cannot dead-letter unreadable message %s: %s", headers.get("id"), exc)
         reject(log, consumer.connection_errors, requeue=True)

@@ -5,12 +5,12 @@ writes to the queue, and from Scalev's answers. Written raw, a click_id holding
 ``"\\nINFO outcome=delivered ..."`` forges a second line for every log reader and alert
 rule downstream, and ``"\\x1b[2J"`` clears the terminal of whoever tails the log. The
 filter here rewrites a record's arguments (never its format string, never a traceback)
-through ``worker.visible.visible``, so each argument stays on its line, as text.
+through ``worker.escaping.visible``, so each argument stays on its line, as text.
 
 It sits on the handlers Celery sets up (``after_setup_logger``, ``after_setup_task_logger``):
 a handler's filter sees every record that reaches it, Celery's and kombu's as well as
 ours, and prefork children inherit the handlers from the main process. The dispatcher's
-own ``outcome=`` line also quotes its fields (``worker.visible.log_field``).
+own ``outcome=`` line also quotes its fields (``worker.escaping.log_field``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 from celery.signals import after_setup_logger, after_setup_task_logger
 
-from worker.visible import visible
+from worker.escaping import visible
 
 
 def _escaped(value: Any) -> Any:

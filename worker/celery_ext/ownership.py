@@ -7,7 +7,7 @@ SIGKILLed worker, or those a worker held when its broker connection dropped, wai
 long. Now:
 
 * **Incarnations.** Each consuming channel (a worker's consumer connection; a new one per
-  start and per broker reconnect) gets an id, ``host:pid:random``. ``worker.transport``
+  start and per broker reconnect) gets an id, ``host:pid:random``. ``transport``
   records every message it takes under that id, in the MULTI in which kombu writes
   ``unacked`` (the set ``snackvideo:consumer:{id}:taken`` and the hash
   ``snackvideo:taken_by``: no extra round trip), and removes it in the MULTI of the ack.
@@ -39,6 +39,7 @@ import uuid
 
 import redis
 
+from worker.connections import reply_text
 from worker.keys import CONSUMERS, consumer_taken_key
 from worker.lua_scripts import lua_source
 
@@ -56,20 +57,21 @@ def new_incarnation_id() -> str:
 def beat(client: redis.Redis, incarnations: list[str]) -> None:
     """Score ``incarnations`` with the Redis clock: they are alive."""
     if incarnations:
-        client.register_script(lua_source("consumers_beat"))(keys=[CONSUMERS], args=incarnations)
+        beat_script = client.register_script(lua_source("worker.celery_ext", "consumers_beat"))
+        beat_script(keys=[CONSUMERS], args=incarnations)
 
 
 def dead_incarnations(client: redis.Redis, dead_after_seconds: float) -> list[str]:
     """Incarnations whose last heartbeat is older than ``dead_after_seconds``."""
-    found = client.register_script(lua_source("consumers_dead"))(
+    found = client.register_script(lua_source("worker.celery_ext", "consumers_dead"))(
         keys=[CONSUMERS], args=[dead_after_seconds, SWEEP_LIMIT]
     )
-    return [_text(item) for item in found]
+    return [reply_text(item) for item in found]
 
 
 def forget(client: redis.Redis, incarnation: str, dead_after_seconds: float, retired: bool) -> bool:
     """Drop a dead (or retired) incarnation that holds nothing any more."""
-    forgotten = client.register_script(lua_source("consumer_forget"))(
+    forgotten = client.register_script(lua_source("worker.celery_ext", "consumer_forget"))(
         keys=[CONSUMERS, consumer_taken_key(incarnation)],
         args=[incarnation, dead_after_seconds, "1" if retired else "0"],
     )
@@ -170,7 +172,3 @@ class Heartbeat(threading.Thread):
 
 #: The one registry of this process.
 INCARNATIONS = Incarnations()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -14,12 +14,12 @@ worker; ``tests/test_fault_poison.py`` pushes them all again.
                                                and the item is gone
     headers that are not an object             "Received and deleted unknown message"
     an unknown task name                       "Received unregistered task", rejected: gone
-    a body that is not [args, kwargs, embed]   ``worker.strategy`` dead-letters it
+    a body that is not [args, kwargs, embed]   ``body_guard`` dead-letters it
     kwargs of an unknown schema version        the task dead-letters it (``validate_job``)
 
-Two layers close the gaps:
+Two layers close the gaps, and both park through ``worker.deadletter.unreadable``:
 
-- ``worker.transport.SafeChannel`` checks each popped item with ``envelope_problem``
+- ``transport.SafeChannel`` checks each popped item with ``envelope_problem``
   BEFORE kombu parses it, because kombu parses it outside any handler that Celery gives
   us. It dead-letters what kombu could not turn into a message.
 - ``PoisonAwareConsumer`` overrides the hooks Celery calls for a well-formed envelope it
@@ -36,9 +36,7 @@ from typing import Any
 import redis
 from celery.worker.consumer import Consumer
 
-from producers.models import MAX_ID_CHARS
-from worker.bounded_json import kept_raw
-from worker.settings import get_settings
+from worker.deadletter.unreadable import park_raw
 
 log = logging.getLogger("snackvideo.poison")
 
@@ -63,27 +61,6 @@ def envelope_problem(channel: Any, payload: Any) -> str | None:
 def envelope_task_id(payload: Any) -> Any:
     headers = payload.get("headers") if isinstance(payload, dict) else None
     return headers.get("id") if isinstance(headers, dict) else None
-
-
-def dead_letter_raw(raw: Any, problem: str, *, job_id: Any = None, queue: str = "") -> None:
-    """Park an unreadable message as ``invalid_job``: its text cut to
-    ``SNACKVIDEO_DLQ_ERROR_MAX_CHARS``, with its full length (``kept_raw``).
-
-    Every guard that finds a message it cannot read comes here: the transport (an item
-    kombu cannot parse), Celery's strategy (a body that cannot be called as a task) and
-    the consumer's hooks below (unknown task, undecodable body). Raises
-    ``redis.RedisError`` when Redis refuses the entry; the caller decides what becomes of
-    the message then.
-    """
-    from worker.tasks import get_dispatcher  # worker.tasks imports worker.app, which names us
-
-    kept = {
-        # Both come from the message: an id longer than any real one is only in `raw`.
-        "job_id": job_id if isinstance(job_id, str) and 0 < len(job_id) <= MAX_ID_CHARS else None,
-        "queue": queue[:MAX_ID_CHARS] if isinstance(queue, str) else "",
-        **kept_raw(raw, get_settings().dlq_error_max_chars),
-    }
-    get_dispatcher().dead_letter_unreadable(kept, problem)
 
 
 class PoisonAwareConsumer(Consumer):
@@ -113,7 +90,7 @@ class PoisonAwareConsumer(Consumer):
         headers = message.headers if isinstance(message.headers, dict) else {}
         queue = (message.delivery_info or {}).get("routing_key") or ""
         try:
-            dead_letter_raw(raw, problem, job_id=headers.get("id"), queue=queue)
+            park_raw(raw, problem, job_id=headers.get("id"), queue=queue)
         except redis.RedisError as exc:
             log.warning("cannot dead-letter an unreadable message (%s); requeued it", exc)
             message.reject_log_error(log, self.connection_errors, requeue=True)

@@ -6,8 +6,8 @@ crash. Between the two steps the job exists only in this process. kombu 5.7 lets
 things go wrong there, or right after:
 
 - An item it cannot parse (not JSON, not an envelope) raises inside the event loop, and
-  the worker exits ("Unrecoverable error"). ``worker.poison`` decides what is unreadable;
-  this channel dead-letters it before kombu parses it.
+  the worker exits ("Unrecoverable error"). ``poison`` decides what is unreadable; this
+  channel dead-letters it (``worker.deadletter.unreadable``) before kombu parses it.
 - Redis refuses the ``unacked`` write. A full ``noeviction`` Redis refuses writes but
   still serves BRPOP, so the job is popped, the OOM error kills the worker, and the job
   is gone (``tests/test_fault_redis_down.py`` catches this). Here the job is pushed back
@@ -20,7 +20,7 @@ things go wrong there, or right after:
   reconnects. Here the slot is freed, and the visibility timeout brings the job back.
 
 It also records which consumer holds each message it takes, and restores the messages of
-consumers that died or were replaced, within seconds (``worker.ownership``). kombu scores
+consumers that died or were replaced, within seconds (``ownership``). kombu scores
 ``unacked_index`` and compares against it with each host's own clock (``from time import
 time``); here both use the Redis server's clock (``worker.clock``), so a host whose clock
 runs ahead cannot restore jobs other workers are still running.
@@ -44,16 +44,17 @@ from kombu.transport.redis import Mutex, MutexHeld
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
-from worker import ownership
 from worker.bounded_json import kept_raw
+from worker.celery_ext import ownership
+from worker.celery_ext.poison import envelope_problem, envelope_task_id
 from worker.clock import RedisClock
-from worker.keys import TAKEN_BY, consumer_taken_key
-from worker.poison import dead_letter_raw, envelope_problem, envelope_task_id
-from worker.visible import log_field, visible
+from worker.deadletter.unreadable import park_raw
+from worker.escaping import log_field, visible
+from worker.keys import TAKEN_BY, UNACKED, UNACKED_INDEX, UNACKED_MUTEX, consumer_taken_key
 
 log = logging.getLogger("snackvideo.transport")
 
-TRANSPORT_PATH = "worker.transport:SafeTransport"
+TRANSPORT_PATH = "worker.celery_ext.transport:SafeTransport"
 #: How much of a popped message that could not be returned the CRITICAL line shows.
 LOST_MESSAGE_LOG_CHARS = 500
 
@@ -317,7 +318,12 @@ class SafeQoS(kombu_redis.QoS):
 class SafeChannel(kombu_redis.Channel):
     QoS = SafeQoS
 
-    #: A consumer refreshes its heartbeat this often (worker.ownership); the app sets
+    # kombu's own defaults, named where every key is (worker.keys).
+    unacked_key = UNACKED
+    unacked_index_key = UNACKED_INDEX
+    unacked_mutex_key = UNACKED_MUTEX
+
+    #: A consumer refreshes its heartbeat this often (ownership); the app sets
     #: both from the settings through broker_transport_options.
     consumer_heartbeat_seconds: float = 2.0
     #: A consumer whose heartbeat is older than this is dead, and its messages restored.
@@ -387,7 +393,7 @@ class SafeChannel(kombu_redis.Channel):
         if problem is None:
             return payload
         try:
-            dead_letter_raw(item, problem, job_id=envelope_task_id(payload), queue=queue)
+            park_raw(item, problem, job_id=envelope_task_id(payload), queue=queue)
         except redis.RedisError as exc:
             hold_unrecorded(self, queue, item, exc)
         return None
@@ -467,7 +473,7 @@ def return_unrecorded(channel: SafeChannel) -> bool:
 def register_transport() -> None:
     """Make ``redis://`` and ``rediss://`` broker URLs use ``SafeTransport``.
 
-    ``worker.app`` calls this at import, before any connection resolves its transport.
+    ``worker.celery_app`` calls this at import, before any connection resolves its transport.
     """
     for scheme in ("redis", "rediss"):
         kombu.transport.TRANSPORT_ALIASES[scheme] = TRANSPORT_PATH

@@ -33,10 +33,10 @@ from typing import Any
 from producers.models import nested_deeper_than
 from worker.bounded_json import kept_raw
 from worker.connections import redis_client
-from worker.deadletter import MAX_STORED_DEPTH, DeadLetter, DeadLetterStore
-from worker.reasons import KNOWN_REASONS, is_reason
+from worker.deadletter.reasons import KNOWN_REASONS, is_reason
+from worker.deadletter.store import MAX_STORED_DEPTH, DeadLetter, DeadLetterStore
+from worker.escaping import visible
 from worker.settings import get_settings
-from worker.visible import visible
 
 DEFAULT_LIST_LIMIT = 50
 #: How much of a payload too deep to indent ``dlq show`` prints.
@@ -168,7 +168,9 @@ def open_store() -> DeadLetterStore:
 def cmd_list(args: argparse.Namespace) -> int:
     reason, store_id = check_reason(args.reason), check_store(args.store)
     since = time.time() - parse_duration(args.since) if args.since else None
-    entries = open_store().list(reason=reason, store_id=store_id, since=since, limit=args.limit)
+    entries = open_store().find_entries(
+        reason=reason, store_id=store_id, since=since, limit=args.limit
+    )
     if len(entries) == args.limit:
         print(f"(the newest {args.limit}; raise --limit to see more)", file=sys.stderr)
     if args.json:
@@ -319,7 +321,10 @@ def select(store: DeadLetterStore, args: argparse.Namespace) -> tuple[list[DeadL
                 found.setdefault(entry.id, entry)
         return list(found.values()), missing
     before = time.time() - parse_duration(older_than) if older_than else None
-    return store.list(reason=reason, store_id=store_id, older_than=before, newest_first=False), []
+    entries = store.find_entries(
+        reason=reason, store_id=store_id, older_than=before, newest_first=False
+    )
+    return entries, []
 
 
 def describe(verb: str, entries: Sequence[DeadLetter]) -> None:

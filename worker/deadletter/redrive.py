@@ -1,4 +1,5 @@
-"""Scheduled reprocessing of the dead-letter queue: the beat task ``snackvideo.redrive``.
+"""Scheduled reprocessing of the dead-letter queue: what the beat task ``snackvideo.redrive``
+(``worker.tasks.redrive``) runs.
 
 Every SNACKVIDEO_REDRIVE_INTERVAL_SECONDS Celery beat sends ``snackvideo.redrive`` to the
 control queue (``snackvideo.control``), so it never waits behind queued deliveries, with
@@ -18,7 +19,7 @@ again at once and use up the cap before anyone had time to add the key.
 Two beats (a failover pair, or one left running by mistake) must not replay an entry twice.
 Two guards: a run holds ``snackvideo:redrive:lock`` (SET NX PX, released by compare-and-
 delete so a run that outlived the TTL cannot free a later run's lock), and the replay
-itself is the atomic take of ``dlq_take.lua``, which pushes an entry only if it is still
+itself is the atomic take of ``take.lua``, which pushes an entry only if it is still
 there. The lock keeps runs from doing the same work twice; the take would be enough for
 correctness on its own.
 """
@@ -30,17 +31,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
 
-from worker.app import app
 from worker.clock import RedisClock
-from worker.connections import redis_client
-from worker.deadletter import DeadLetter, DeadLetterStore, Trimmed
-from worker.keys import REDRIVE_LOCK, REDRIVE_TASK
-from worker.settings import Settings, get_settings
-from worker.visible import log_field
+from worker.deadletter.store import DeadLetter, DeadLetterStore, Trimmed
+from worker.escaping import log_field
+from worker.keys import REDRIVE_LOCK
+from worker.settings import Settings
 
 log = logging.getLogger("snackvideo.redrive")
 
@@ -134,12 +132,6 @@ class Redriver:
         report = RedriveReport()
         # Retention runs here too, so a quiet queue is trimmed by age without new failures.
         report.trimmed = self.store.trim(now=self.clock())
-        for item in report.trimmed:
-            log.warning(
-                "dead-letter retention trimmed entry=%s reason=%s",
-                log_field(item.entry_id),
-                log_field(item.reason),
-            )
         candidates, report.at_cap, report.waiting = self.select()
         taken = set(self.store.replay(candidates))
         report.replayed = [entry for entry in candidates if entry.id in taken]
@@ -175,12 +167,3 @@ class Redriver:
             if len(chosen) >= self.batch_size:
                 break
         return chosen, at_cap, waiting
-
-
-@app.task(name=REDRIVE_TASK, ignore_result=True, acks_late=False)
-def redrive(**_: Any) -> str:
-    # acks_late=False: a run lost with its worker is simply the next run's work; redelivering
-    # it after the visibility timeout would only add a stale run.
-    report = Redriver.from_settings(get_settings(), redis_client()).run()
-    log.info("redrive %s", report)
-    return str(report)

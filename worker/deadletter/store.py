@@ -7,12 +7,13 @@ a redelivered message finds the entry it already wrote instead of writing a twin
 replayed job that fails again gets a new entry with the next replay count. A message the
 worker cannot read is parked as ``{job_id}-r{replay_count}-invalid`` (deterministic too,
 so its redelivered copy finds it): garbage that carries a real job's id must not look like
-that job's own entry, which tells the dispatcher the job is parked (``worker.marks``).
+that job's own entry, which tells the dispatcher the job is parked (the done-check in
+``worker.keys``, where both ids are made).
 
 Retention is bounded by entry count and age. It is applied, oldest first, each time an
 entry is added (and by ``trim``, which redrive calls every run), and never silently: the
 Lua counts every trimmed entry by reason in ``snackvideo:dlq:trimmed`` (shown by
-``snackvideo dlq stats``) and returns it, so the caller logs it.
+``snackvideo dlq stats``) and returns it, and the store logs each one.
 
 Why a job is never in neither place nor in both:
 
@@ -22,7 +23,7 @@ Why a job is never in neither place nor in both:
   the entry (``HEXISTS entries {job_id}-r{replay_count}``) and acknowledges it without
   sending or parking it again. The message in flight is a leftover on its way out, never
   a second live copy: at any moment exactly one of the two will ever be acted upon.
-* Replay and purge. ``dlq_take.lua`` deletes the entry and pushes the job's message onto
+* Replay and purge. ``take.lua`` deletes the entry and pushes the job's message onto
   the delivery queue in one script, which Redis runs atomically: no reader ever sees the
   job in both places or in neither, and of two concurrent replays of one entry only the
   first finds it, so the job is pushed once. The same script leaves a tombstone
@@ -34,6 +35,7 @@ Why a job is never in neither place nor in both:
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -45,6 +47,8 @@ import redis
 from producers.message import build_message
 from producers.models import JOB_SCHEMA_VERSION, MAX_PAYLOAD_DEPTH, nested_deeper_than
 from worker.bounded_json import kept_raw
+from worker.connections import reply_text
+from worker.escaping import log_field
 from worker.keys import (
     DELIVERY_QUEUE,
     DLQ_ENTRIES,
@@ -53,11 +57,14 @@ from worker.keys import (
     DLQ_STORES,
     DLQ_TRIMMED,
     dlq_taken_key,
+    entry_id,
 )
 from worker.lua_scripts import lua_source
 
 if TYPE_CHECKING:
     from worker.settings import Settings
+
+log = logging.getLogger("snackvideo.deadletter")
 
 SCAN_CHUNK = 500
 DEFAULT_MAX_ENTRIES = 100_000
@@ -67,19 +74,10 @@ DEFAULT_TAKEN_TTL_SECONDS = 600.0
 #: Text kept of a payload JSON cannot hold (``Settings.dlq_error_max_chars``).
 DEFAULT_RAW_MAX_CHARS = 2_000
 #: Deepest payload an entry stores as a value; a deeper one is stored as its cut text
-#: (``kept_raw``). Nothing deeper comes through the task (``worker.strategy`` parks bodies
-#: nested deeper than this), and so every entry can be decoded and printed by any JSON
-#: tool, ``dlq show`` included, without meeting a recursion limit.
+#: (``kept_raw``). Nothing deeper comes through the task (``worker.celery_ext.body_guard``
+#: parks bodies nested deeper than this), and so every entry can be decoded and printed by
+#: any JSON tool, ``dlq show`` included, without meeting a recursion limit.
 MAX_STORED_DEPTH = MAX_PAYLOAD_DEPTH + 32
-
-
-def entry_id(job_id: str, replay_count: int) -> str:
-    return f"{job_id}-r{replay_count}"
-
-
-def invalid_entry_id(job_id: str, replay_count: int) -> str:
-    """The id of an ``invalid_job`` entry: never one a done-check reads (module docstring)."""
-    return f"{entry_id(job_id, replay_count)}-invalid"
 
 
 @dataclass
@@ -179,8 +177,8 @@ class DeadLetterStore:
         self.max_age_seconds = max_age_seconds
         self.taken_ttl_seconds = taken_ttl_seconds
         self.raw_max_chars = raw_max_chars
-        self._add = client.register_script(lua_source("dlq_add"))
-        self._take = client.register_script(lua_source("dlq_take"))
+        self._add = client.register_script(lua_source("worker.deadletter", "add"))
+        self._take = client.register_script(lua_source("worker.deadletter", "take"))
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> DeadLetterStore:
@@ -195,11 +193,12 @@ class DeadLetterStore:
     # -- writing -----------------------------------------------------------------------
 
     def add(self, entry: DeadLetter, now: float | None = None) -> tuple[bool, list[Trimmed]]:
-        """Store ``entry`` (once per id); returns whether it is new and what retention trimmed."""
+        """Store ``entry`` (once per id); returns whether it is new and what retention
+        trimmed (logged here)."""
         return self._add_or_trim(entry, now)
 
     def trim(self, now: float | None = None) -> list[Trimmed]:
-        """Apply retention without adding anything; returns what was trimmed (log it)."""
+        """Apply retention without adding anything; returns what was trimmed (logged here)."""
         return self._add_or_trim(None, now)[1]
 
     def _add_or_trim(
@@ -221,8 +220,15 @@ class DeadLetterStore:
             args=[*entry_args, self.max_entries, now - self.max_age_seconds],
         )
         added = bool(int(result[0]))
-        rest = [_text(item) for item in result[1:]]
-        return added, [Trimmed(rest[i], rest[i + 1]) for i in range(0, len(rest), 2)]
+        rest = [reply_text(item) for item in result[1:]]
+        trimmed = [Trimmed(rest[i], rest[i + 1]) for i in range(0, len(rest), 2)]
+        for item in trimmed:  # retention is never silent
+            log.warning(
+                "dead-letter retention trimmed entry=%s reason=%s",
+                log_field(item.entry_id),
+                log_field(item.reason),
+            )
+        return added, trimmed
 
     def replay(self, entries: Iterable[DeadLetter]) -> list[str]:
         """Move entries back to the delivery queue; returns the ids that were still there."""
@@ -256,7 +262,7 @@ class DeadLetterStore:
                 keys=[DLQ_INDEX, DLQ_ENTRIES, DLQ_REASONS, DELIVERY_QUEUE, DLQ_STORES, *tombstones],
                 args=[int(self.taken_ttl_seconds * 1000), *chunk],
             )
-            taken += [_text(item) for item in result]
+            taken += [reply_text(item) for item in result]
         return taken
 
     # -- reading -----------------------------------------------------------------------
@@ -288,7 +294,7 @@ class DeadLetterStore:
             DLQ_ENTRIES, match=_glob_escape(job_or_entry_id) + "-r*", count=SCAN_CHUNK
         )
         for member, raw in matches:
-            named = own_id.fullmatch(_text(member))
+            named = own_id.fullmatch(reply_text(member))
             if named is None:  # another job whose id starts with this one's
                 continue
             entry = DeadLetter.from_json(raw)
@@ -296,9 +302,6 @@ class DeadLetterStore:
             if rank > latest_rank:
                 latest, latest_rank = entry, rank
         return latest
-
-    def exists(self, entry_id_: str) -> bool:
-        return bool(self.client.hexists(DLQ_ENTRIES, entry_id_))
 
     def __len__(self) -> int:
         return int(self.client.zcard(DLQ_INDEX))
@@ -327,7 +330,7 @@ class DeadLetterStore:
             # Resume past the last score; ties across a chunk boundary are re-read and
             # filtered below, so none is lost.
             last_score = float(page[-1][1])
-            seen = {_text(member) for member, score in page if float(score) == last_score}
+            seen = {reply_text(member) for member, score in page if float(score) == last_score}
             yield from self._same_score(last_score, seen)
             if newest_first:
                 high = f"({last_score!r}"
@@ -348,7 +351,7 @@ class DeadLetterStore:
     def _same_score(self, score: float, seen: set[str]) -> Iterator[DeadLetter]:
         """Entries sharing ``score`` that the previous chunk did not return."""
         members = cast(list[bytes], self.client.zrangebyscore(DLQ_INDEX, score, score))
-        yield from self._load([m for m in members if _text(m) not in seen])
+        yield from self._load([m for m in members if reply_text(m) not in seen])
 
     def _load(self, ids: list[bytes]) -> Iterator[DeadLetter]:
         for start in range(0, len(ids), SCAN_CHUNK):
@@ -356,7 +359,7 @@ class DeadLetterStore:
                 if raw is not None:  # replayed or purged since the index was read
                     yield DeadLetter.from_json(raw)
 
-    def list(
+    def find_entries(
         self,
         *,
         reason: str | None = None,
@@ -395,14 +398,10 @@ class DeadLetterStore:
 
 
 def _counts(raw: dict[Any, Any]) -> dict[str, int]:
-    counts = {_text(k): int(v) for k, v in raw.items()}
+    counts = {reply_text(k): int(v) for k, v in raw.items()}
     return {name: n for name, n in sorted(counts.items()) if n > 0}
 
 
 def _glob_escape(text: str) -> str:
     """``text`` as a literal in a Redis MATCH pattern."""
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -4,7 +4,8 @@
 -- operators (or two redrive runs) replaying at once push it once. Returns the ids taken.
 -- The i-th pair's `taken` key (snackvideo:dlq:taken:{entry_id}) becomes a tombstone with
 -- a TTL: a stale copy of the parked run's message (its worker died before the ack) that
--- comes back after this take must still find that run done (worker/marks.py).
+-- comes back after this take must still find that run done (the done-check in
+-- worker/keys.py).
 local function decrement(hash, field)
   if redis.call('HINCRBY', hash, field, -1) <= 0 then redis.call('HDEL', hash, field) end
 end

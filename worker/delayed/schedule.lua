@@ -6,11 +6,12 @@
 -- on time. Redis >= 5 replicates a script's effects, so reading TIME before writing is
 -- allowed. Returns the due time in epoch seconds, as a string (a Lua number would come
 -- back truncated to an integer).
--- With the job's generation key (worker/marks.py): `message` is of generation g (one more
--- than the run that parks it), and "replay:g" is recorded in the same atomic step, so a
--- copy kombu restores after this (its worker died before the ack) finds it and stands
--- down. A run whose (replay, generation) is not above the recorded one is such a stale
--- copy itself, racing a parking that won: nothing is written, and it returns 0.
+-- With the job's generation key (the done-check in worker/keys.py): `message` is of
+-- generation g (one more than the run that parks it), and "replay:g" is recorded in the
+-- same atomic step, so a copy kombu restores after this (its worker died before the ack)
+-- finds it and stands down. A run whose (replay, generation) is not above the recorded one
+-- is such a stale copy itself, racing a parking that won: nothing is written, and it
+-- returns 0.
 if KEYS[3] then
   local latest = redis.call('GET', KEYS[3])
   if latest then

@@ -1,7 +1,8 @@
 """Delayed jobs kept in Redis, not in a worker's memory.
 
 Retry backoffs and long throttle waits park the job in a sorted set scored by its due
-time; a mover thread in every worker pushes due jobs back onto the delivery queue. A
+time; a mover thread in every worker (``mover``) pushes due jobs back onto the delivery
+queue. A
 countdown/ETA message would instead sit unacknowledged in a worker for the whole wait,
 which forces a visibility timeout longer than the longest wait (see the README).
 
@@ -13,9 +14,7 @@ jobs minutes early (a Scalev outage's backoff spent in seconds).
 
 from __future__ import annotations
 
-import logging
 import math
-import threading
 from typing import Any
 
 import redis
@@ -24,16 +23,15 @@ from producers.message import build_message
 from worker.keys import DELIVERY_QUEUE, SCHEDULED, SCHEDULED_MESSAGES, generation_key
 from worker.lua_scripts import lua_source
 
-log = logging.getLogger(__name__)
-
+#: Jobs one move_due.lua call moves at most: Redis serves nobody else while it runs.
 MOVE_BATCH = 500
 
 
 class DelayedJobs:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._schedule = client.register_script(lua_source("schedule"))
-        self._move_due = client.register_script(lua_source("move_due"))
+        self._schedule = client.register_script(lua_source("worker.delayed", "schedule"))
+        self._move_due = client.register_script(lua_source("worker.delayed", "move_due"))
 
     def schedule(
         self,
@@ -47,8 +45,8 @@ class DelayedJobs:
         (nothing written).
 
         ``generation_ttl_seconds`` > 0 records the message's (replay_count, generation)
-        with that TTL in the same call (``worker.marks``); the caller sets ``generation``
-        in ``job_kwargs`` one above the run that parks it.
+        with that TTL in the same call (the done-check in ``worker.keys``); the caller sets
+        ``generation`` in ``job_kwargs`` one above the run that parks it.
         """
         if not math.isfinite(delay_seconds):
             raise ValueError(f"delay must be a finite number of seconds, not {delay_seconds}")
@@ -78,34 +76,3 @@ class DelayedJobs:
 
     def depth(self) -> int:
         return int(self.client.zcard(SCHEDULED))
-
-
-class DueJobMover(threading.Thread):
-    """Moves due jobs every ``poll_seconds`` until stopped; survives Redis outages."""
-
-    def __init__(self, jobs: DelayedJobs, poll_seconds: float) -> None:
-        super().__init__(name="snackvideo-due-jobs", daemon=True)
-        self.jobs = jobs
-        self.poll_seconds = poll_seconds
-        self._stop_event = threading.Event()
-        self._failing = False
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            try:
-                moved = self.jobs.move_due()
-                if self._failing:
-                    log.info("due-job mover reconnected to Redis")
-                    self._failing = False
-            except redis.RedisError as exc:
-                if not self._failing:  # one warning per outage, not one per poll
-                    log.warning("due-job mover cannot reach Redis: %s", exc)
-                    self._failing = True
-                moved = 0
-            # A full batch means more are due: go again without sleeping.
-            if moved < MOVE_BATCH:
-                self._stop_event.wait(self.poll_seconds)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop_event.set()
-        self.join(timeout)

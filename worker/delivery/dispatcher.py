@@ -7,18 +7,20 @@ HTTP session, the clock, the random source) is injected, so tests can drive it d
 Every run ends delivered, parked (a retry with backoff, a long throttle wait), or
 dead-lettered, whatever it raises: an exception nothing classifies is retried
 ``SNACKVIDEO_MAX_INTERNAL_ERRORS`` times and then dead-lettered as ``internal_error``
-(``worker.internal_errors``). Only a transient Redis error escapes, for the task to
+(``internal_errors``). Only a transient Redis error escapes, for the task to
 requeue the message, since nothing can be written then. A message that kombu keeps
 restoring without any run of it reaching an outcome is dead-lettered too
-(``SNACKVIDEO_MAX_REDELIVERIES``).
+(``SNACKVIDEO_MAX_REDELIVERIES``). Kwargs that are no valid job are parked as
+``invalid_job`` (``worker.deadletter.unreadable``).
+
+The dispatcher records the metrics of each run, the duration of each request included:
+the Scalev client records none.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,11 +29,13 @@ from typing import Any
 import redis
 
 from producers.errors import InvalidEvent
-from producers.models import MAX_ID_CHARS, JobMessage, nested_deeper_than, validate_job
-from worker import metrics
-from worker.backoff import backoff
-from worker.bounded_json import bounded_json, kept_raw
-from worker.deadletter import MAX_STORED_DEPTH, DeadLetter, DeadLetterStore, invalid_entry_id
+from producers.models import JobMessage, validate_job
+from worker.deadletter.store import DeadLetter, DeadLetterStore
+from worker.deadletter.unreadable import UnreadableMessages
+from worker.delayed.store import DelayedJobs
+from worker.delivery.backoff import backoff
+from worker.delivery.internal_errors import TRANSIENT_REDIS_ERRORS, configured_keys, describe
+from worker.delivery.scalev import ScalevClient
 from worker.errors import (
     DeadLettered,
     DeliveryError,
@@ -40,14 +44,11 @@ from worker.errors import (
     RedirectRefused,
     RetryableError,
 )
-from worker.internal_errors import TRANSIENT_REDIS_ERRORS, configured_keys, describe
-from worker.keys import redeliveries_key
-from worker.marks import JobMarks
-from worker.scalev import ScalevClient
-from worker.scheduler import DelayedJobs
+from worker.escaping import log_field
+from worker.keys import JobMarks, redeliveries_key
+from worker.metrics import recording as metrics
 from worker.settings import MAX_REQUESTS_PER_RUN, Settings
-from worker.throttle import Slot, Throttle
-from worker.visible import log_field
+from worker.throttle.budget import Slot, Throttle
 
 log = logging.getLogger("snackvideo.delivery")
 
@@ -82,6 +83,7 @@ class Dispatcher:
         throttle: Throttle | None = None,
         dead_letters: DeadLetterStore | None = None,
         delayed: DelayedJobs | None = None,
+        unreadable: UnreadableMessages | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
@@ -93,6 +95,9 @@ class Dispatcher:
         self.throttle = throttle or Throttle.from_settings(client, settings)
         self.dead_letters = dead_letters or DeadLetterStore.from_settings(client, settings)
         self.delayed = delayed or DelayedJobs(client)
+        self.unreadable = unreadable or UnreadableMessages.from_settings(
+            self.dead_letters, settings, clock
+        )
         self.clock = clock
         self.sleep = sleep
         self.rng = rng or random.Random()
@@ -134,7 +139,8 @@ class Dispatcher:
             problem = f"cannot read the job: {self.describe(exc)}"
         else:
             return self._deliver_or_handle(job, redelivered=redelivered)
-        return self._dead_letter_unreadable(kwargs, problem, task_id=task_id)
+        entry = self.unreadable.park(kwargs, problem, task_id=task_id)
+        raise DeadLettered("invalid_job", None, entry.click_id, entry.job_id)
 
     def _deliver_or_handle(self, job: JobMessage, *, redelivered: bool) -> Outcome:
         failure: Exception
@@ -196,7 +202,7 @@ class Dispatcher:
     def _duplicate(self, job: JobMessage) -> Outcome:
         # Delivered, parked by an earlier run of this very message (a crash between the
         # dead-letter write and the ack redelivers it), or that entry replayed since:
-        # either way, do not send again (worker.marks).
+        # either way, do not send again (the done-check of worker.keys).
         self._report("duplicate", job, None)
         return Outcome("duplicate", job.job_id)
 
@@ -211,16 +217,22 @@ class Dispatcher:
             if slot.wait > 0:
                 return self._postpone(job, slot.wait, "throttled", None, None)
             attempt = job.attempts + 1
-            started = self.clock()
+            failure: DeliveryError | None = None
+            started = time.perf_counter()
             try:
                 result = self.scalev.send(job.store_id, api_key, job.payload)
-            except RateLimited as exc:
-                self.throttle.record(scope, exc.status_code, exc.headers)
-                self._report("rate_limited", job, exc.status_code, attempt=attempt)
-                continue
             except DeliveryError as exc:
-                self.throttle.record(scope, exc.status_code, exc.headers)
-                return self._failed(job, exc)
+                failure = exc
+            # The one timer of a request, whatever its answer: the histogram and the
+            # delivered line's seconds=.
+            seconds = time.perf_counter() - started
+            metrics.observe_http_seconds(seconds)
+            if failure is not None:
+                self.throttle.record(scope, failure.status_code, failure.headers)
+                if isinstance(failure, RateLimited):
+                    self._report("rate_limited", job, failure.status_code, attempt=attempt)
+                    continue
+                return self._failed(job, failure)
             # Releases the slot and sets the delivered-marker, in one round trip.
             self._record_delivered(job, scope, result.status_code, result.headers, marks)
             self._report(
@@ -229,7 +241,7 @@ class Dispatcher:
                 result.status_code,
                 attempt=attempt,
                 wait=waited,
-                seconds=self.clock() - started,
+                seconds=seconds,
                 redelivered=redelivered,
             )
             return Outcome("delivered", job.job_id, result.status_code)
@@ -294,7 +306,10 @@ class Dispatcher:
     def _failed(self, job: JobMessage, exc: DeliveryError) -> Outcome:
         if isinstance(exc, PermanentError):
             reason = f"http_{exc.status_code}"
-            location = exc.location if isinstance(exc, RedirectRefused) else None
+            location = None
+            if isinstance(exc, RedirectRefused):
+                location = exc.location
+                metrics.record_redirect_refused(exc.status_code or 0)
             return self._dead_letter(
                 job, reason, exc.status_code, exc.body or str(exc), location=location
             )
@@ -416,70 +431,11 @@ class Dispatcher:
             replay_count=job.replay_count,
             location=location,
         )
-        self._store(entry)
+        self.dead_letters.add(entry, now=self.clock())
         click_id = entry.click_id
         self._report("dead_lettered", job, status_code, attempt=entry.attempts, reason=reason)
         raise DeadLettered(reason, status_code, click_id, job.job_id)
 
-    def dead_letter_unreadable(self, raw: Any, error: str) -> None:
-        """Park a message whose body cannot even be called as a task (``worker.strategy``)."""
-        try:
-            self._dead_letter_unreadable(raw, error)
-        except DeadLettered:
-            pass  # no task runs for this message, so there is no FAILURE state to end in
-
-    def _dead_letter_unreadable(
-        self, kwargs: Any, error: str, *, task_id: str | None = None
-    ) -> Outcome:
-        raw = kwargs if isinstance(kwargs, dict) else {"raw": kwargs}
-        job_id = _unreadable_job_id(raw, task_id)
-        store_id = raw.get("store_id")
-        replay_count = raw.get("replay_count")
-        replay_count = replay_count if isinstance(replay_count, int) else 0
-        entry = DeadLetter(
-            job_id=job_id,
-            # Cut: it names a count in the dead-letter store and shows in every listing.
-            store_id=store_id[:MAX_ID_CHARS] if isinstance(store_id, str) else "",
-            payload=self._kept_payload(raw.get("payload", raw)),
-            reason="invalid_job",
-            error=error[: self.settings.dlq_error_max_chars],
-            enqueued_at=_number_or_none(raw.get("enqueued_at")),
-            dead_lettered_at=self.clock(),
-            replay_count=replay_count,
-            id=invalid_entry_id(job_id, replay_count),
-        )
-        # Not new: a redelivered copy of a message parked already (its ack was lost).
-        outcome = "dead_lettered" if self._store(entry) else "duplicate"
-        metrics.record_outcome(outcome, None, reason="invalid_job")
-        log.warning(
-            "outcome=%s reason=invalid_job job_id=%s store_id=%s error=%s",
-            outcome,
-            log_field(entry.job_id),
-            log_field(entry.store_id or "-"),
-            log_field(entry.error),
-        )
-        raise DeadLettered("invalid_job", None, entry.click_id, entry.job_id)
-
-    def _kept_payload(self, payload: Any) -> Any:
-        """An unreadable job's payload as its entry keeps it: as it is, unless it is over
-        the payload bound or nested deeper than an entry holds; then its text, cut the way
-        every unreadable message's is (``kept_raw``), with its full length."""
-        kept = kept_raw(payload, self.settings.dlq_error_max_chars)
-        small = kept["raw_chars"] <= self.settings.max_payload_bytes
-        if small and not nested_deeper_than(payload, MAX_STORED_DEPTH):
-            return payload
-        return kept
-
-    def _store(self, entry: DeadLetter) -> bool:
-        """Add ``entry``; False when an entry of that id was there already."""
-        added, trimmed = self.dead_letters.add(entry, now=self.clock())
-        for item in trimmed:
-            log.warning(
-                "dead-letter retention trimmed entry=%s reason=%s",
-                log_field(item.entry_id),
-                log_field(item.reason),
-            )
-        return added
 
     # -- reporting -------------------------------------------------------------------
 
@@ -536,19 +492,3 @@ class Dispatcher:
             metrics.record_redelivered_delivery()
         if outcome == "throttled":
             metrics.observe_throttle_wait(wait)
-
-
-def _unreadable_job_id(raw: dict[str, Any], task_id: str | None) -> str:
-    """The job's own id, else the Celery task id (Flower's row), else one made from the
-    content: the same message parked twice (a lost ack) must land on the same entry. An
-    id longer than any real one (``MAX_ID_CHARS``) is not used: it would be the entry's
-    key and show in every listing."""
-    for candidate in (raw.get("job_id"), task_id):
-        if isinstance(candidate, str) and 0 < len(candidate) <= MAX_ID_CHARS:
-            return candidate
-    text, _ = bounded_json(raw, sys.maxsize)  # JSON text of anything, however deep
-    return f"invalid-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
-
-
-def _number_or_none(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -1,8 +1,8 @@
-"""urllib3 connections that obey the running request's deadline (``worker.request_deadline``).
+"""urllib3 connections that obey the running request's deadline (``request_deadline``).
 
 Three places where a request could outlive its deadline, and what closes each:
 
-- Name resolution: ``worker.resolver`` runs it with the time the request has left.
+- Name resolution: ``resolver`` runs it with the time the request has left.
 - Connecting: urllib3 tries every address the name resolved to, each for the whole
   connect timeout. Here each try gets at most the time left.
 - Everything after (a proxy tunnel, sending, the status line, headers and body, however
@@ -27,8 +27,8 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 from urllib3.poolmanager import PoolManager
 from urllib3.util.connection import allowed_gai_family
 
-from worker.request_deadline import CURRENT_GUARD, Guard, watchdog
-from worker.resolver import bounded_resolver
+from worker.delivery.request_deadline import CURRENT_GUARD, Guard, watchdog
+from worker.delivery.resolver import bounded_resolver
 
 
 def open_socket(

@@ -3,8 +3,8 @@
 requests refuses some (CR, LF, a leading space) with ``InvalidHeader``, whose message
 quotes the whole value; http.client refuses text that is not latin-1 with a
 ``UnicodeEncodeError`` that holds it; others it sends, and a server then trims or rejects
-them. So a key is checked once, at start (``worker.settings``), where the refusal can
-name the store instead of the key.
+them. So a key is checked once, at start (``worker.settings`` reads it from here), where
+the refusal can name the store instead of the key.
 """
 
 from __future__ import annotations

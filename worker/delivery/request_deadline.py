@@ -11,7 +11,7 @@ lock and a ``heappush`` on the hot path, and a finished request is only marked `
 earliest deadline of a request still running.
 
 The delivering thread tells the watchdog which socket to cut through ``attach``: the
-connection classes in ``worker.guarded_connections`` call it for a new socket as soon as
+connection classes in ``guarded_connections`` call it for a new socket as soon as
 it is connected (so a TLS handshake is covered too) and for a kept-alive one at the start
 of each request. They find the running request's guard in ``CURRENT_GUARD``, a context
 variable, which works the same in a prefork child and in each thread of the threads pool.
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-#: (host, port, family, timeout) -> getaddrinfo's list; see ``worker.resolver``.
+#: (host, port, family, timeout) -> getaddrinfo's list; see ``resolver``.
 Resolve = Callable[[str, int, int, float], list[Any]]
 
 

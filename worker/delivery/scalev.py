@@ -8,12 +8,15 @@ Two things a hostile or broken server must not be able to do:
   followed (``allow_redirects=False``); a 3xx is a permanent failure that keeps its
   ``Location`` for the dead-letter entry (``RedirectRefused``).
 - Hold a worker. requests' timeouts bound each socket read, not the request; the
-  watchdog (``worker.request_deadline``) cuts the request at connect + read timeout, name
-  resolution included (``worker.guarded_connections``). A cut request is a
-  ``RetryableError``.
+  watchdog (``request_deadline``) cuts the request at connect + read timeout, name
+  resolution included (``guarded_connections``). A cut request is a ``RetryableError``.
 - Fill a worker's memory. The body is streamed and read no further than
   ``RESPONSE_BODY_MAX_BYTES`` (decoded: urllib3 bounds what it decompresses too), inside
   the same deadline; a longer body is cut there and its connection closed, not drained.
+
+What a request costs and how it ended is the caller's to count (the dispatcher times each
+``send`` for ``snackvideo_delivery_seconds`` and counts refused redirects): this client
+records no metrics.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ import requests
 import urllib3
 
 from producers.models import request_body
-from worker import metrics
+from worker.delivery.guarded_connections import DeadlineAdapter
+from worker.delivery.request_deadline import CURRENT_GUARD, Resolve, watchdog
+from worker.delivery.resolver import bounded_resolver
 from worker.errors import (
     DeliveryError,
     PermanentError,
@@ -38,9 +43,6 @@ from worker.errors import (
     RedirectRefused,
     RetryableError,
 )
-from worker.guarded_connections import DeadlineAdapter
-from worker.request_deadline import CURRENT_GUARD, Resolve, watchdog
-from worker.resolver import bounded_resolver
 
 log = logging.getLogger("snackvideo.scalev")
 
@@ -210,7 +212,6 @@ class ScalevClient:
         finally:
             CURRENT_GUARD.reset(token)
             cut = watchdog().disarm(guard)
-            metrics.observe_http_seconds(time.perf_counter() - started)
         if failure is not None:
             # from None: what requests and urllib3 raise can quote the request, headers
             # included (InvalidHeader quotes the key), and Celery reports the whole chain:
@@ -248,7 +249,6 @@ class ScalevClient:
         if location is not None:
             location = redact(location, api_key)
             headers = {**headers, "location": location}
-        metrics.record_redirect_refused(status_code)
         log.warning(
             "redirect refused: status=%s location_host=%s (not followed: the event and its "
             "key stay here; the job is dead-lettered)",

@@ -2,10 +2,10 @@
 -- Takes one request slot from a scope's shared budget, or says how long to wait.
 -- Returns {wait_seconds, now} as strings (a Lua number would come back truncated to an
 -- integer). wait "0": the slot is taken and `token` counts as in flight until
--- throttle_record releases it or its lease ends (a worker killed mid-request must not hold
+-- record.lua releases it or its lease ends (a worker killed mid-request must not hold
 -- budget for ever). Otherwise nothing is taken.
 --
--- The job's done-check rides along (worker/marks.py), so a delivery pays one round trip
+-- The job's done-check (worker/keys.py) rides along, so a delivery pays one round trip
 -- for both: with a dlq_entry_id (and the `?` keys: the job's delivered-marker, the
 -- dead-letter entries hash, the entry's tombstone, the job's generation record), a job
 -- that is delivered, dead-lettered, replayed or parked since as a later generation
@@ -36,7 +36,7 @@ if dlq_entry_id ~= '' then
       or redis.call('EXISTS', KEYS[5]) == 1 then
     return {'done', fmt(now)}
   end
-  -- schedule.lua records "replay:generation" of the job's latest parked message; a copy
+  -- delayed/schedule.lua records "replay:generation" of the job's latest parked message; a copy
   -- behind it is one kombu restored after its run had parked the job: stand down.
   local latest = KEYS[6] and redis.call('GET', KEYS[6])
   if latest then

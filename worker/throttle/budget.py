@@ -1,14 +1,14 @@
 """The distributed throttle: one request budget per scope, shared by every worker process
 on every host, kept in Redis and changed only by two Lua scripts.
 
-    acquire(scope)                      throttle_acquire.lua
+    acquire(scope)                      acquire.lua
         blocked (after a 429)?          -> wait until the block ends
         tracked window over?            -> refill to the limit, at least one (the probe
                                            after a Limit: 0), provisionally
         remaining - in flight <= 0?     -> wait until the reset
         next spread slot in the future? -> wait for it
         else take the slot: the request counts as in flight (a leased token)
-    record(scope, status, headers)      throttle_record.lua
+    record(scope, status, headers)      record.lua
         release the token; learn limit / remaining / reset from the headers (the lowest
         count seen in a window wins, answers race); a 429 blocks the scope until
         Retry-After (else the reset)
@@ -18,15 +18,16 @@ Spreading: the remaining budget is paced evenly over what is left of the window
 its first milliseconds and then all wait, and no two of them take the last unit. Before
 any header was seen, requests are paced at ``SNACKVIDEO_DEFAULT_RATE``. The pace never
 holds a request past the end of the tracked window, and every header-derived number is
-bounded (``worker.ratelimit_headers``): no answer stops a scope for longer than the reset
+bounded (``headers``): no answer stops a scope for longer than the reset
 or Retry-After it announced plus one window.
 
 Clock: the scripts read Redis ``TIME``; Python hands them only relative values (the
 header parser turns epoch resets into "seconds from now"), so workers on hosts with
 skewed clocks still agree on one window. See ``docs/throttle.md`` for the design and the
-benchmark, ``worker/keys.py`` for the state hash.
+benchmark, ``worker/keys.py`` for the state hash, ``state`` for what status reads of it.
 
-The two scripts also carry the job's own bookkeeping (``worker.marks``), so that one
+The two scripts also carry the job's own bookkeeping (the done-check of ``worker.keys``),
+so that one
 delivery costs two round trips of ours, not four: ``acquire_job`` first checks that the
 job is not delivered, parked or replayed already (then it answers ``done`` and takes
 nothing), and ``record(..., delivered=marks)`` sets the job's delivered-marker in the call
@@ -47,15 +48,20 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 import redis
 
-from worker.keys import DLQ_ENTRIES, THROTTLE_SCOPES, throttle_in_flight_key, throttle_key
+from worker.connections import reply_text
+from worker.keys import (
+    DLQ_ENTRIES,
+    THROTTLE_SCOPES,
+    JobMarks,
+    throttle_in_flight_key,
+    throttle_key,
+)
 from worker.lua_scripts import lua_source
-from worker.marks import JobMarks
-from worker.ratelimit_headers import RateLimitHeaders, parse_rate_limit_headers
+from worker.throttle.headers import RateLimitHeaders, parse_rate_limit_headers
 
 if TYPE_CHECKING:
     from worker.settings import Settings
@@ -70,8 +76,9 @@ STATE_TTL_SECONDS = 86_400.0
 #: Spread wake-ups of processes told the same wait, so they do not all hit Redis at once.
 WAIT_JITTER_SECONDS = 0.002
 #: Scopes the index keeps, the most recently answered: what `snackvideo status` shows and
-#: /metrics labels. One per base URL is a handful; one per store (SNACKVIDEO_THROTTLE_SCOPE
-#: =store) is as many as producers name, so the index keeps only the latest ones.
+#: /metrics labels (``state``). One per base URL is a handful; one per store
+#: (SNACKVIDEO_THROTTLE_SCOPE=store) is as many as producers name, so the index keeps only
+#: the latest ones.
 TRACKED_SCOPES_MAX = 100
 
 
@@ -82,41 +89,6 @@ class Slot:
 
     wait: float
     done: bool = False
-
-
-@dataclass(frozen=True)
-class ThrottleState:
-    """What ``snackvideo status`` shows for one scope (times read on Redis's clock)."""
-
-    scope: str
-    limit: int | None
-    remaining: int | None
-    reset_in_seconds: float | None
-    window_seconds: float | None
-    blocked_until: float | None  # epoch seconds; None when not blocked
-    blocked_for_seconds: float
-    in_flight: int
-    rate_limited_total: int
-    taken_total: int
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready; ``remaining`` is what the server last said, before in-flight requests."""
-        blocked_until = (
-            datetime.fromtimestamp(self.blocked_until, UTC).isoformat(timespec="milliseconds")
-            if self.blocked_until is not None
-            else None
-        )
-        return {
-            "limit": self.limit,
-            "remaining": self.remaining,
-            "reset_in_s": self.reset_in_seconds,
-            "blocked_until": blocked_until,
-            "blocked_for_s": self.blocked_for_seconds,
-            "in_flight": self.in_flight,
-            "window_s": self.window_seconds,
-            "taken": self.taken_total,
-            "rate_limited": self.rate_limited_total,
-        }
 
 
 class Throttle:
@@ -138,8 +110,8 @@ class Throttle:
         self.in_flight_lease_seconds = in_flight_lease_seconds
         self.clock = clock
         self.rng = rng or random.Random()
-        self._acquire = client.register_script(lua_source("throttle_acquire"))
-        self._record = client.register_script(lua_source("throttle_record"))
+        self._acquire = client.register_script(lua_source("worker.throttle", "acquire"))
+        self._record = client.register_script(lua_source("worker.throttle", "record"))
         # Slots taken by this thread and not yet recorded, oldest first, per scope.
         self._local = threading.local()
         # Disabled mode only: this process's own Retry-After deadline per scope.
@@ -194,7 +166,7 @@ class Throttle:
     def _run_acquire(
         self, scope: str, marks: JobMarks | None, token: str, take_slot: bool, now: float | None
     ) -> tuple[bool, float, float]:
-        """One call of throttle_acquire.lua: (done, wait, Redis time of the answer)."""
+        """One call of acquire.lua: (done, wait, Redis time of the answer)."""
         keys = [throttle_key(scope), throttle_in_flight_key(scope)]
         if marks is not None:
             keys += [marks.delivered_key, DLQ_ENTRIES, marks.taken_key, marks.generation_key]
@@ -212,7 +184,7 @@ class Throttle:
                 *((marks.replay_count, marks.generation) if marks is not None else ()),
             ],
         )
-        if _text(wait_raw) == "done":
+        if reply_text(wait_raw) == "done":
             return True, 0.0, float(now_raw)
         return False, float(wait_raw), float(now_raw)
 
@@ -269,11 +241,6 @@ class Throttle:
             ],
         )
 
-    # -- inspection (snackvideo status) -------------------------------------------------
-
-    def state(self, scope: str) -> ThrottleState:
-        return read_state(self.client, scope)
-
     # -- internals -----------------------------------------------------------------------
 
     def _held(self, scope: str) -> deque[tuple[str, float]]:
@@ -294,73 +261,6 @@ class Throttle:
         if wait is None:
             wait = FALLBACK_WINDOW_SECONDS
         self._blocked_until[scope] = max(self._blocked_until.get(scope, 0.0), wall + wait)
-
-
-def read_state(client: redis.Redis, scope: str) -> ThrottleState:
-    """The throttle state of one scope, as ``snackvideo status`` prints it."""
-    return read_states(client, [scope])[0]
-
-
-def read_states(client: redis.Redis, scopes: list[str]) -> list[ThrottleState]:
-    """The throttle states of ``scopes``: two round trips, however many there are."""
-    seconds, micros = client.time()
-    now = float(seconds) + float(micros) / 1e6
-    with client.pipeline(transaction=False) as pipe:
-        for scope in scopes:
-            pipe.hgetall(throttle_key(scope))
-            pipe.zcount(throttle_in_flight_key(scope), f"({now}", "+inf")
-        replies = pipe.execute()
-    return [
-        _state(scope, replies[2 * i], replies[2 * i + 1], now) for i, scope in enumerate(scopes)
-    ]
-
-
-def _state(scope: str, raw: dict[Any, Any], in_flight: int, now: float) -> ThrottleState:
-    fields = {_text(key): _text(value) for key, value in raw.items()}
-
-    def number(name: str) -> float | None:
-        try:
-            return float(fields[name])
-        except (KeyError, ValueError):
-            return None
-
-    limit, remaining = number("limit"), number("remaining")
-    reset_at, blocked_until = number("reset_at"), number("blocked_until")
-    if blocked_until is not None and blocked_until <= now:
-        blocked_until = None
-    window = number("window_s")
-    return ThrottleState(
-        scope=scope,
-        limit=int(limit) if limit is not None else None,
-        remaining=int(remaining) if remaining is not None else None,
-        reset_in_seconds=round(max(0.0, reset_at - now), 3) if reset_at is not None else None,
-        window_seconds=round(window, 3) if window is not None else None,
-        blocked_until=blocked_until,
-        blocked_for_seconds=round(blocked_until - now, 3) if blocked_until else 0.0,
-        in_flight=int(in_flight),
-        rate_limited_total=int(number("rate_limited") or 0),
-        taken_total=int(number("taken") or 0),
-    )
-
-
-def throttle_status(client: redis.Redis) -> dict[str, dict[str, Any]]:
-    """``{scope: state}`` for the scopes of the index (at most ``TRACKED_SCOPES_MAX``, the
-    most recently answered), in three round trips whatever the number of stores."""
-    scopes = known_scopes(client)
-    states = read_states(client, scopes) if scopes else []
-    return {state.scope: state.as_dict() for state in sorted(states, key=lambda s: s.scope)}
-
-
-def known_scopes(client: redis.Redis) -> list[str]:
-    """The scopes in the index, most recently answered first (the record script trims it
-    to ``TRACKED_SCOPES_MAX`` and to the scopes whose state still lives)."""
-    members = cast(list[bytes], client.zrevrange(THROTTLE_SCOPES, 0, TRACKED_SCOPES_MAX - 1))
-    return [_text(member) for member in members]
-
-
-def _text(value: bytes | str) -> str:
-    # Works with clients made with or without decode_responses.
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _arg(value: float | int | None) -> str:

@@ -23,7 +23,7 @@ Every number is bounded, because each one can stop or flood delivery if believed
 
     limit, remaining   integers, 0 <= n <= MAX_COUNT (10**9); a larger one is read as
                        MAX_COUNT, a negative one as unreadable. 0 is believed: the throttle
-                       still lets one probe through per window (throttle_acquire.lua), so a
+                       still lets one probe through per window (acquire.lua), so a
                        limit of 0 costs one request per window, not a stopped queue.
     reset, Retry-After 0 <= seconds <= MAX_RESET_SECONDS (one day); beyond, unreadable.
     window lengths     the throttle derives them from resets only (window_s is the reset a

@@ -1,12 +1,13 @@
 -- keys=[state, in_flight, scopes, delivered?] args=[now, token, acquired_at, rate_limited, limit, remaining, reset_in, reset_resolution, retry_after, fallback_window_seconds, ttl_seconds, scope, delivered_ttl_seconds | "", scopes_max]
--- Releases a slot taken by throttle_acquire and learns from the response's headers.
+-- Releases a slot taken by acquire.lua and learns from the response's headers.
 -- After a 2xx the dispatcher also passes the job's delivered-marker key (`delivered`) and
 -- its TTL: the marker is set in this same call, so a delivery's bookkeeping after the
--- POST is one round trip (worker/marks.py). It is written first: Redis does not roll back
--- a script that fails halfway, and the marker matters more than what the headers teach.
--- Header values arrive parsed (worker.ratelimit_headers): numbers, or "" when a header was
+-- POST is one round trip (the done-check in worker/keys.py). It is written first: Redis
+-- does not roll back a script that fails halfway, and the marker matters more than what
+-- the headers teach.
+-- Header values arrive parsed (worker/throttle/headers.py): numbers, or "" when a header was
 -- missing or unreadable, in which case the last known state stands. Times are seconds on
--- the Redis clock (blank `now`: TIME; see throttle_acquire.lua); `reset_in` is relative.
+-- the Redis clock (blank `now`: TIME; see acquire.lua); `reset_in` is relative.
 -- The state hash layout is documented in worker/keys.py.
 if ARGV[13] and ARGV[13] ~= '' then
   redis.call('SET', KEYS[4], '1', 'EX', math.floor(tonumber(ARGV[13])))
