@@ -238,13 +238,6 @@ class DeadLetterStore:
             args += [entry.id, build_message(kwargs, task_id=entry.job_id)]
         return self._run_take(args)
 
-    def requeue(self, entry_id_: str) -> DeadLetter:
-        """Replay one entry; raises ``KeyError`` when it is gone (replayed, purged, trimmed)."""
-        entry = self.get(entry_id_)
-        if entry is None or not self.replay([entry]):
-            raise KeyError(entry_id_)
-        return entry
-
     def purge(self, entry_ids: Iterable[str]) -> list[str]:
         """Delete entries; returns the ids that were still there."""
         args: list[str] = []

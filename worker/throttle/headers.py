@@ -78,10 +78,6 @@ class RateLimitHeaders:
     reset_resolution_seconds: float = WHOLE_SECOND
     retry_after_seconds: float | None = None
 
-    @property
-    def empty(self) -> bool:
-        return self.limit is None and self.remaining is None and self.reset_in_seconds is None
-
 
 def parse_rate_limit_headers(headers: Mapping[str, str], now: float) -> RateLimitHeaders:
     """Read the rate-limit headers of one response; ``now`` is our epoch clock."""
