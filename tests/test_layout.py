@@ -1,5 +1,7 @@
-"""The layout's promises: the ``snackvideo`` commands start without Celery, only ``status``
-builds the Celery app, and every package ships the Lua scripts that sit beside it.
+"""The layout's promises: no module imports itself through others, the ``snackvideo``
+commands start without Celery, only ``status`` builds the Celery app, and every package
+ships the Lua scripts that sit beside it. (Which package may import which: the
+import-linter contracts in pyproject.toml, run by ``lint-imports``.)
 
 Each command runs in a real subprocess (the CLI's own ``main``, as the ``snackvideo``
 script calls it); afterwards the process reports which modules it imported.
@@ -12,6 +14,7 @@ import subprocess
 import tomllib
 from pathlib import Path
 
+import grimp
 import pytest
 import redis
 
@@ -94,3 +97,16 @@ def test_every_package_ships_the_lua_beside_it() -> None:
     }
     shipped = {package for package, files in config["package-data"].items() if "*.lua" in files}
     assert with_lua and with_lua <= shipped
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    # grimp reads every import statement, those inside functions too: a cycle hidden in a
+    # function is still one module needing another that needs it.
+    graph = grimp.build_graph("worker", "producers", "sandbox", "scripts")
+    cycles = sorted(
+        (importer, imported)
+        for importer in graph.modules
+        for imported in graph.find_modules_directly_imported_by(importer)
+        if graph.chain_exists(importer=imported, imported=importer)
+    )
+    assert cycles == []
