@@ -19,6 +19,8 @@ from worker.throttle.state import throttle_status
 
 
 def read_cluster_state(client: redis.Redis) -> dict[str, Any]:
+    """The state as a JSON-ready dict (what ``snackvideo status --json`` prints, without
+    the workers its ping adds)."""
     dead_letters = DeadLetterStore(client)
     return {
         "queue_depth": int(client.llen(DELIVERY_QUEUE)),
