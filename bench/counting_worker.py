@@ -30,7 +30,7 @@ import redis.connection
 from celery.signals import task_postrun, worker_process_init, worker_process_shutdown
 from celery.signals import worker_shutdown as worker_shutdown_signal
 
-from worker.app import app
+from worker import app
 from worker.connections import redis_client
 
 __all__ = ["app"]
@@ -45,11 +45,13 @@ _last_dump = 0.0
 
 
 def _script_names() -> dict[str, str]:
-    """sha1 -> Lua file name, so an EVALSHA says which script it ran."""
+    """sha1 -> the script's name (``throttle/acquire``: its package and file), so an EVALSHA
+    says which script it ran."""
     root = Path(__file__).resolve().parent.parent
     names = {}
-    for path in [*root.glob("worker/lua/*.lua"), *root.glob("producers/lua/*.lua")]:
-        names[hashlib.sha1(path.read_bytes()).hexdigest()] = path.stem
+    for path in [*root.glob("worker/*/*.lua"), *root.glob("producers/lua/*.lua")]:
+        name = path.stem if path.parent.name == "lua" else f"{path.parent.name}/{path.stem}"
+        names[hashlib.sha1(path.read_bytes()).hexdigest()] = name
     return names
 
 

@@ -32,7 +32,8 @@ from bench.common import (
 )
 from bench.delivery import Stack, fill_ours
 
-DELIVER_FRAME = "Dispatcher.deliver (worker/delivery.py)"
+OWN_FILE = "worker/delivery/dispatcher.py"
+DELIVER_FRAME = f"Dispatcher.deliver ({OWN_FILE})"
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*)\)$")
 
 
@@ -86,8 +87,8 @@ class Profile:
             if DELIVER_FRAME not in frames:
                 continue
             inner = frames[frames.index(DELIVER_FRAME) :]
-            own = [f for f in inner if f.endswith("(worker/delivery.py)")]
-            last_own = max(i for i, f in enumerate(inner) if f.endswith("(worker/delivery.py)"))
+            own = [f for f in inner if f.endswith(f"({OWN_FILE})")]
+            last_own = max(i for i, f in enumerate(inner) if f.endswith(f"({OWN_FILE})"))
             callees = [f for f in inner[last_own + 1 :] if "<locals>" not in f]
             callee = callees[0] if callees else "(own code)"
             steps[f"{_func(own[-1])} → {_func(callee)}"] += n
@@ -204,7 +205,7 @@ def run(n: int = 5_000, pool: str = "prefork", concurrency: int = 4, seconds: fl
     )
     section.add(
         "Steps of `Dispatcher.deliver`, each inclusive of what it calls (share of all "
-        "samples; `→` names the first callee outside `worker/delivery.py`):\n\n"
+        f"samples; `→` names the first callee outside `{OWN_FILE}`):\n\n"
         + shares(
             "step → first callee", {m: p.deliver_steps() for m, p in profiles.items()}, totals, 10
         )

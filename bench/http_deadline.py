@@ -7,11 +7,12 @@ falls on both alike:
 
 - ``plain``: the client as it was before the deadline: a kept-alive ``requests.Session``
   with requests' own adapter, the same headers and body, redirects followed, the same
-  metrics call, header lower-casing and classification;
-- ``deadline+env``: ``worker.scalev.ScalevClient`` with requests' per-request reading of
+  header lower-casing and classification (the request's histogram is the dispatcher's,
+  outside all three);
+- ``deadline+env``: ``worker.delivery.scalev.ScalevClient`` with requests' per-request reading of
   the environment switched back on (``trust_env``): the cost of the deadline alone
   (watchdog armed and disarmed per request, guarded connections, no redirects);
-- ``deadline``: ``worker.scalev.ScalevClient`` as it runs: the deadline, and the proxy
+- ``deadline``: ``worker.delivery.scalev.ScalevClient`` as it runs: the deadline, and the proxy
   variables read once at start instead of at every request.
 
 CPU is ``time.process_time()``: every thread of this process, the watchdog's included.
@@ -28,8 +29,7 @@ from collections.abc import Callable
 import requests
 
 from bench.common import STORE, STORE_KEY, Sandbox, load_average, payload, table
-from worker import metrics
-from worker.scalev import API_KEY_HEADER, USER_AGENT, ScalevClient, classify, events_url
+from worker.delivery.scalev import API_KEY_HEADER, USER_AGENT, ScalevClient, classify, events_url
 
 
 def plain_sender(base_url: str) -> tuple[Callable[[int], None], Callable[[], None]]:
@@ -41,16 +41,12 @@ def plain_sender(base_url: str) -> tuple[Callable[[int], None], Callable[[], Non
         body = json.dumps(
             payload(index, "plain"), separators=(",", ":"), ensure_ascii=False
         ).encode("utf-8")
-        started = time.perf_counter()
-        try:
-            response = session.post(
-                url,
-                data=body,
-                headers={API_KEY_HEADER: STORE_KEY, "Content-Type": "application/json"},
-                timeout=(3.05, 10.0),
-            )
-        finally:
-            metrics.observe_http_seconds(time.perf_counter() - started)
+        response = session.post(
+            url,
+            data=body,
+            headers={API_KEY_HEADER: STORE_KEY, "Content-Type": "application/json"},
+            timeout=(3.05, 10.0),
+        )
         headers = {name.lower(): value for name, value in response.headers.items()}
         outcome = classify(response.status_code, response.text, headers)
         assert outcome.__class__.__name__ == "Delivered", outcome

@@ -9,14 +9,14 @@ it:
 - ``quiet_logs``: every INFO line per delivery at WARNING instead: our ``outcome=``
   line, and Celery's received/succeeded lines where they are on.
 - ``celery_task_log``: Celery's "received" / "succeeded" INFO lines back on
-  (``SNACKVIDEO_CELERY_TASK_LOG=on``; off by default, see ``worker/celery_logs.py``):
+  (``SNACKVIDEO_CELERY_TASK_LOG=on``; off by default, see ``worker/celery_ext/quiet_task_logs.py``):
   what dropping them saves, measured the other way round.
 - ``prefetch4``: ``worker_prefetch_multiplier = 4``, so the consumer is not idle between
   a task's end and the next fetch (late acks keep prefetched jobs safe: unacked).
 
 The delivered/parked check and the delivered-marker ``SET`` that ``skip_preflight`` and
 ``skip_delivered_set`` used to drop are folded into the throttle's two Lua calls now
-(``worker/marks.py``): there is no round trip of their own left to skip.
+(the done-check in ``worker/keys.py``): there is no round trip of their own left to skip.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ PER_DELIVERY_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "snackvide
 if VARIANTS - KNOWN:
     raise SystemExit(f"unknown BENCH_VARIANT: {', '.join(sorted(VARIANTS - KNOWN))}")
 if "celery_task_log" in VARIANTS:
-    os.environ["SNACKVIDEO_CELERY_TASK_LOG"] = "on"  # read once, when worker.app is imported
+    os.environ["SNACKVIDEO_CELERY_TASK_LOG"] = "on"  # read once, when worker.celery_app is imported
 
-from worker.app import app  # noqa: E402 (after the environment above)
+from worker import app  # noqa: E402 (after the environment above)
 
 __all__ = ["app"]
 

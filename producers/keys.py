@@ -15,6 +15,9 @@ DELIVERY_QUEUE = "snackvideo"
 #: Every key this project owns starts with this, so one ``SCAN`` finds them all.
 KEY_PREFIX = "snackvideo:"
 
+#: Every idempotency key starts with this (``idempotency_key``).
+IDEMPOTENCY_PREFIX = f"{KEY_PREFIX}idem:"
+
 #: Jobs pushed by enqueue, incremented by the enqueue Lua in the same atomic call: one
 #: cluster-wide count that the worker exports as ``snackvideo_events_enqueued_total``.
 ENQUEUED_COUNTER = f"{KEY_PREFIX}metrics:enqueued"
@@ -30,7 +33,7 @@ def idempotency_key(store_id: str, key: str) -> str:
     id without ``:`` (``%`` is refused in store ids) keeps the key it always had.
     """
     encoded = store_id.replace("%", "%25").replace(":", "%3A")
-    return f"{KEY_PREFIX}idem:{encoded}:{key}"
+    return f"{IDEMPOTENCY_PREFIX}{encoded}:{key}"
 
 
 def enqueue_call_key(token: str) -> str:

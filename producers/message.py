@@ -3,7 +3,7 @@
 Why not ``Celery.send_task``: kombu publishes one message per round trip and leaves no
 way to couple the push with the idempotency key. Writing the same envelope kombu writes
 lets ``enqueue`` do idempotency and publish in one atomic Lua call, and ``enqueue_many``
-push a whole batch in one round trip. The worker and the scheduler reuse this builder
+push a whole batch in one round trip. The worker (delayed jobs, replays) reuses this builder
 so every message on the queue has one shape.
 """
 

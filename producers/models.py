@@ -58,7 +58,7 @@ JOB_SCHEMA_VERSION = 1
 #: Containers nested deeper than this in a payload are refused. The schema needs 4 levels;
 #: the bound leaves room for extra keys, and stays far below the depth at which Python's
 #: recursive encoders fail: pickling a Celery request for a pool process fails near 500
-#: levels and took the whole worker down with it (``worker.strategy`` guards that too).
+#: levels and took the whole worker down with it (``worker.celery_ext.body_guard`` guards that too).
 MAX_PAYLOAD_DEPTH = 32
 #: Default of ``SNACKVIDEO_MAX_PAYLOAD_BYTES``: the largest request body, measured as the
 #: compact UTF-8 JSON the worker posts (``request_body``). A real event is about 1 KB; the
@@ -197,8 +197,8 @@ class JobMessage(BaseModel):
     # Added by the worker, never by a producer (a message with only the five contract
     # kwargs stays valid). `generation` counts the times this run of the job was parked:
     # a restored copy of an older generation finds a newer one recorded and stands down
-    # (worker/marks.py). `internal_errors` counts runs that ended in an error the
-    # dispatcher does not classify (worker/delivery.py).
+    # (the done-check in worker/keys.py). `internal_errors` counts runs that ended in an
+    # error the dispatcher does not classify (worker/delivery/dispatcher.py).
     generation: StrictInt = Field(default=0, ge=0)
     internal_errors: StrictInt = Field(default=0, ge=0)
 

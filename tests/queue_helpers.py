@@ -12,7 +12,7 @@ import redis
 
 from producers.keys import DELIVERY_QUEUE
 from tests.conftest import Worker, wait_until
-from worker.keys import SCHEDULED
+from worker.keys import SCHEDULED, UNACKED
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def wait_idle(client: redis.Redis, timeout: float = 60.0) -> None:
     def idle() -> bool:
         with client.pipeline(transaction=False) as pipe:
             pipe.llen(DELIVERY_QUEUE)
-            pipe.hlen("unacked")
+            pipe.hlen(UNACKED)
             pipe.zcard(SCHEDULED)
             return not any(pipe.execute())
 

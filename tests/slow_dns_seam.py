@@ -1,7 +1,7 @@
 """Loaded into a worker under test (``celery ... worker --include tests.slow_dns_seam``):
 names under ``.slow.test`` resolve to 127.0.0.1, and the first such lookup in each process
 takes ``SLOW_LOOKUP_SECONDS`` first, as a dead DNS server would. The seam is the
-process's bounded resolver (``worker.resolver``); everything else is the real worker.
+process's bounded resolver (``worker.delivery.resolver``); everything else is the real worker.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import socket
 import time
 from typing import Any
 
-from worker.resolver import bounded_resolver
+from worker.delivery.resolver import bounded_resolver
 
 SLOW_LOOKUP_SECONDS = 20.0
 _slow_ones_left = [1]  # per process: a forked child starts with its own copy

@@ -1,4 +1,4 @@
-"""``worker.backoff.backoff``: a pure function, tested without sleeping."""
+"""``worker.delivery.backoff.backoff``: a pure function, tested without sleeping."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from worker.backoff import backoff
+from worker.delivery.backoff import backoff
 
 
 class Fixed(random.Random):

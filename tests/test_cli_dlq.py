@@ -19,10 +19,11 @@ import pytest
 import redis
 
 from producers import Producer
+from producers.keys import DELIVERY_QUEUE
 from tests.conftest import PYTHON, ROOT, STORE, STORE_KEY, Sandbox, Worker, wait_until, worker_env
 from tests.queue_helpers import event, queued
-from worker.cli_dlq import UsageError, parse_duration
-from worker.deadletter import DeadLetter, DeadLetterStore
+from worker.cli.dlq import UsageError, parse_duration
+from worker.deadletter.store import DeadLetter, DeadLetterStore
 
 SNACKVIDEO = str(Path(PYTHON).parent / "snackvideo")
 SETTLE_SECONDS = 60.0
@@ -205,7 +206,7 @@ def test_bad_filters_exit_2_with_a_clear_message(
     done = run(redis_url, *args)
     assert done.returncode == 2
     assert message in done.stderr
-    assert len(store) == 6 and redis_client.llen("snackvideo") == 0
+    assert len(store) == 6 and redis_client.llen(DELIVERY_QUEUE) == 0
 
 
 # -- replay -------------------------------------------------------------------------------
@@ -222,7 +223,7 @@ def test_replay_dry_run_says_how_many_which_by_reason_and_store(
     assert lines[1] == "  by reason: expired 1, http_404 1, no_api_key 1"
     assert lines[2] == "  by store:  store_b 3"
     assert [line.split()[0] for line in lines[3:]] == ["job-b-r0", "job-c-r0", "job-f-r0"]
-    assert len(store) == 6 and redis_client.llen("snackvideo") == 0
+    assert len(store) == 6 and redis_client.llen(DELIVERY_QUEUE) == 0
 
 
 @pytest.mark.parametrize(
@@ -245,7 +246,7 @@ def test_replay_selects_by_id_all_reason_and_store(
     pushed = [m.kwargs for m in queued(redis_client)]
     assert {kwargs["job_id"] for kwargs in pushed} == expected
     assert all(kwargs["replay_count"] == 1 and kwargs["attempts"] == 0 for kwargs in pushed)
-    assert {e.job_id for e in store.list()} == {f"job-{j}" for j in "abcdef"} - expected
+    assert {e.job_id for e in store.find_entries()} == {f"job-{j}" for j in "abcdef"} - expected
 
 
 def test_replay_of_an_unknown_id_replays_nothing_and_fails(
@@ -256,7 +257,7 @@ def test_replay_of_an_unknown_id_replays_nothing_and_fails(
     assert done.returncode == 1
     assert "no dead-letter entry 'job-nope-r0'" in done.stderr
     assert "nothing replayed" in done.stderr
-    assert len(store) == 6 and redis_client.llen("snackvideo") == 0
+    assert len(store) == 6 and redis_client.llen(DELIVERY_QUEUE) == 0
 
 
 # -- purge --------------------------------------------------------------------------------
@@ -280,8 +281,8 @@ def test_purge_with_yes_selects_by_id_all_reason_store_and_age(
     done = run(redis_url, "purge", "--yes", *args)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"purged {count(len(expected))}"
-    assert {e.job_id for e in store.list()} == {f"job-{j}" for j in "abcdef"} - expected
-    assert redis_client.llen("snackvideo") == 0
+    assert {e.job_id for e in store.find_entries()} == {f"job-{j}" for j in "abcdef"} - expected
+    assert redis_client.llen(DELIVERY_QUEUE) == 0
 
 
 def test_purge_asks_first_and_a_no_keeps_everything(
@@ -349,7 +350,7 @@ def test_400_and_404_entries_carry_status_and_body_and_replay_delivers_once_fixe
     assert "store_not_found" in entry_404.error
     shown = run(redis_url, "show", entry_404.id).stdout
     assert "store_not_found" in shown and "clk-404" in shown
-    assert STORE_KEY not in json.dumps([e.to_dict() for e in store.list()])
+    assert STORE_KEY not in json.dumps([e.to_dict() for e in store.find_entries()])
 
     # The operator fixes the cause (the store exists now, the payload is accepted)...
     sandbox.configure(always_fail=[], stores={"store_new": "pk_new_0001"})
@@ -365,6 +366,6 @@ def test_400_and_404_entries_carry_status_and_body_and_replay_delivers_once_fixe
         lambda: store.get(f"{job_gone}-r1"), SETTLE_SECONDS, what="store_gone back in the DLQ"
     )
     assert (again.reason, again.status_code, again.replay_count) == ("http_404", 404, 1)
-    assert [e.id for e in store.list()] == [again.id]
+    assert [e.id for e in store.find_entries()] == [again.id]
     assert sandbox.attempts("bad-400") == 2 and sandbox.attempts("clk-404") == 1
     assert listed(redis_url)[0]["replay_count"] == 1

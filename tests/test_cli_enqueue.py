@@ -16,7 +16,7 @@ from producers import Producer
 from producers.keys import idempotency_key
 from tests.conftest import ROOT, STORE, free_port
 from tests.queue_helpers import event, queued
-from worker.cli import content_key
+from worker.cli.enqueue import content_key
 
 SNACKVIDEO = str(Path(sys.executable).parent / "snackvideo")
 

@@ -23,8 +23,8 @@ from producers.message import build_message
 from producers.models import JOB_SCHEMA_VERSION
 from tests.conftest import STORE, STORE_KEY, Sandbox, Worker, wait_until, worker_env
 from tests.queue_helpers import PubSubRecorder, event, log_lines, wait_idle
-from worker.deadletter import DeadLetter, DeadLetterStore, entry_id
-from worker.keys import delivered_key
+from worker.deadletter.store import DeadLetter, DeadLetterStore
+from worker.keys import delivered_key, entry_id
 
 pytestmark = pytest.mark.integration
 

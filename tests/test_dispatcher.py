@@ -22,9 +22,8 @@ import redis
 from producers.models import JOB_SCHEMA_VERSION
 from tests.conftest import PYTHON, ROOT, STORE, STORE_KEY, Sandbox
 from tests.queue_helpers import decode_message, event
-from worker import metrics
-from worker.deadletter import entry_id
-from worker.delivery import Dispatcher
+from worker.delivery.dispatcher import Dispatcher
+from worker.delivery.scalev import ScalevClient
 from worker.errors import DeadLettered
 from worker.keys import (
     DELIVERY_QUEUE,
@@ -32,13 +31,14 @@ from worker.keys import (
     SCHEDULED_MESSAGES,
     delivered_key,
     dlq_taken_key,
+    entry_id,
     generation_key,
     redeliveries_key,
     throttle_in_flight_key,
     throttle_key,
 )
 from worker.lua_scripts import lua_source
-from worker.scalev import ScalevClient
+from worker.metrics import recording as metrics
 from worker.settings import Settings
 
 GONE_STORE = "store_gone"  # the worker holds a key for it; the sandbox answers 404
@@ -47,8 +47,14 @@ GONE_STORE = "store_gone"  # the worker holds a key for it; the sandbox answers 
 # -- a client that counts its round trips ---------------------------------------------------
 
 _SCRIPT_NAMES = {
-    hashlib.sha1(lua_source(name).encode()).hexdigest(): name
-    for name in ("throttle_acquire", "throttle_record", "dlq_add", "dlq_take", "schedule")
+    hashlib.sha1(lua_source(package, name).encode()).hexdigest(): label
+    for label, package, name in (
+        ("throttle_acquire", "worker.throttle", "acquire"),
+        ("throttle_record", "worker.throttle", "record"),
+        ("dlq_add", "worker.deadletter", "add"),
+        ("dlq_take", "worker.deadletter", "take"),
+        ("schedule", "worker.delayed", "schedule"),
+    )
 }
 
 
@@ -219,7 +225,7 @@ def test_a_stale_copy_of_a_replayed_entry_is_not_acted_upon(
     assert redis_client.llen(DELIVERY_QUEUE) == 1
     assert dead_letter(dispatcher, replayed).reason == "http_404"
     assert requests_to(sandbox) == 2
-    assert [e.id for e in store.list()] == [entry_id(r0["job_id"], 1)]
+    assert [e.id for e in store.find_entries()] == [entry_id(r0["job_id"], 1)]
 
 
 def test_a_purged_entry_leaves_a_tombstone_too(
@@ -296,7 +302,7 @@ def test_an_unreadable_message_with_a_real_jobs_id_does_not_hide_that_job(
     with pytest.raises(DeadLettered):  # its redelivered copy: no twin
         dispatcher.deliver(("positional",), real, task_id=real["job_id"])
 
-    (entry,) = dispatcher.dead_letters.list()
+    (entry,) = dispatcher.dead_letters.find_entries()
     assert entry.id == f"{real['job_id']}-r0-invalid"
     assert entry.reason == "invalid_job" and entry.job_id == real["job_id"]
     assert dispatcher.deliver((), real).kind == "delivered"  # the real job is not "parked"
@@ -314,7 +320,7 @@ def test_an_unreadable_job_without_an_id_is_named_by_its_task_id(
     second = dead_letter(dispatcher, {"hello": "again"})
     assert first.job_id == second.job_id and first.job_id.startswith("invalid-")
 
-    ids = sorted(entry.id for entry in dispatcher.dead_letters.list())
+    ids = sorted(entry.id for entry in dispatcher.dead_letters.find_entries())
     assert ids == sorted(["task-123-r0-invalid", f"{first.job_id}-r0-invalid"])
 
 
@@ -354,7 +360,7 @@ def test_the_visibility_bound_covers_every_request_of_a_run() -> None:
     assert settings.visibility_timeout_seconds > settings.min_visibility_timeout_seconds
     # 60 s covers the longest run but not the hard time limit: refused at start.
     refused = subprocess.run(
-        [PYTHON, "-c", "import worker.app"],
+        [PYTHON, "-c", "import worker.celery_app"],
         cwd=ROOT,
         env={"PATH": "/usr/bin:/bin", "SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS": "60"},
         capture_output=True,
@@ -551,7 +557,7 @@ def test_a_payload_json_cannot_encode_is_dead_lettered_with_its_text(
 
     assert dead_letter(make_dispatcher(), kwargs).reason == "invalid_job"
 
-    (entry,) = make_dispatcher().dead_letters.list()
+    (entry,) = make_dispatcher().dead_letters.find_entries()
     assert "nested deeper than 32 levels" in entry.error
     raw, size = entry.payload["raw"], entry.payload["raw_chars"]
     assert raw.startswith('{"click_id":"too-deep"') and len(raw) == Settings().dlq_error_max_chars

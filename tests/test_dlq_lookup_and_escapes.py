@@ -17,8 +17,9 @@ import redis
 
 from tests.queue_helpers import event, queued
 from tests.test_cli_dlq import run
-from worker.deadletter import DeadLetter, DeadLetterStore, entry_id, invalid_entry_id
-from worker.visible import visible
+from worker.deadletter.store import DeadLetter, DeadLetterStore
+from worker.escaping import visible
+from worker.keys import entry_id, invalid_entry_id
 
 # -- visible (pure) ---------------------------------------------------------------------------
 
@@ -172,7 +173,7 @@ def test_show_replay_and_purge_take_the_job_id_that_enqueue_printed(
     assert replayed.stdout.startswith("replayed 1 entry\n")
     [message] = queued(redis_client)
     assert message.kwargs["job_id"] == job and message.kwargs["replay_count"] == 3
-    assert not store.exists(f"{job}-r2")
+    assert store.get(f"{job}-r2") is None
 
     purged = run(redis_url, "purge", other, "--yes")
     assert purged.returncode == 0, purged.stderr

@@ -1,6 +1,6 @@
 """Every unreadable message is parked the same way, whichever guard finds it: its text cut
 to ``SNACKVIDEO_DLQ_ERROR_MAX_CHARS`` with ``raw_chars`` its full length, the job id and
-the queue beside it (``worker.bounded_json.kept_raw`` via ``worker.poison.dead_letter_raw``).
+the queue beside it (``worker.bounded_json.kept_raw`` via ``worker.deadletter.unreadable``).
 
 Three guards park messages a real worker cannot read: the transport (an item kombu cannot
 parse), Celery's strategy (a body that cannot be called as a task) and the consumer's hooks
@@ -23,7 +23,7 @@ from producers.message import build_message
 from tests.conftest import STORE, Sandbox, Worker, wait_until, worker_env
 from tests.queue_helpers import event
 from worker.bounded_json import kept_raw
-from worker.deadletter import DeadLetterStore
+from worker.deadletter.store import DeadLetterStore
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +75,7 @@ def test_each_guard_keeps_the_same_cut_of_a_huge_unreadable_message(
 
     store = DeadLetterStore(redis_client)
     wait_until(lambda: len(store) == 3, 60, what="three invalid_job entries")
-    by_job = {entry.job_id: entry for entry in store.list()}
+    by_job = {entry.job_id: entry for entry in store.find_entries()}
     transport = next(e for job, e in by_job.items() if job.startswith("invalid-"))
     strategy, consumer = by_job["raw-bad-body"], by_job["raw-unknown-task"]
 
@@ -120,7 +120,7 @@ def test_the_task_keeps_an_unreadable_job_whole_unless_it_is_over_the_payload_bo
 
     store = DeadLetterStore(redis_client)
     wait_until(lambda: len(store) == 2, 60, what="two invalid_job entries")
-    by_job = {entry.job_id: entry for entry in store.list()}
+    by_job = {entry.job_id: entry for entry in store.find_entries()}
     assert by_job["raw-small-schema"].payload == event("click-small")
     big = by_job["raw-big-schema"].payload
     assert set(big) == {"raw", "raw_chars"} and len(big["raw"]) == LIMIT

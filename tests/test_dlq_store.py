@@ -18,8 +18,8 @@ from producers.message import build_message
 from producers.models import JOB_SCHEMA_VERSION
 from tests.conftest import Sandbox, Worker, wait_until, worker_env
 from tests.queue_helpers import event, queued
-from worker.deadletter import SCAN_CHUNK, DeadLetter, DeadLetterStore, Trimmed, entry_id
-from worker.keys import DELIVERY_QUEUE, DLQ_REASONS, DLQ_STORES, DLQ_TRIMMED
+from worker.deadletter.store import SCAN_CHUNK, DeadLetter, DeadLetterStore, Trimmed
+from worker.keys import DELIVERY_QUEUE, DLQ_REASONS, DLQ_STORES, DLQ_TRIMMED, entry_id
 
 
 def letter(
@@ -98,18 +98,20 @@ def test_list_filters_by_reason_store_time_and_limit(redis_client: redis.Redis) 
         store.add(
             letter(n, reason="http_404" if n % 2 else "http_400", store_id=f"s{n % 3}"), now=2_000
         )
-    ids = [e.job_id for e in store.list()]
+    ids = [e.job_id for e in store.find_entries()]
     assert ids == [f"job-{n:05d}" for n in reversed(range(10))]  # newest first
-    assert [e.job_id for e in store.list(newest_first=False, limit=2)] == ["job-00000", "job-00001"]
+    oldest_two = store.find_entries(newest_first=False, limit=2)
+    assert [e.job_id for e in oldest_two] == ["job-00000", "job-00001"]
     evens = {f"job-{n:05d}" for n in (0, 2, 4, 6, 8)}
-    assert {e.job_id for e in store.list(reason="http_400")} == evens
-    assert {e.job_id for e in store.list(store_id="s1")} == {"job-00001", "job-00004", "job-00007"}
-    assert {e.job_id for e in store.list(reason="http_404", store_id="s1")} == {
+    assert {e.job_id for e in store.find_entries(reason="http_400")} == evens
+    in_s1 = {"job-00001", "job-00004", "job-00007"}
+    assert {e.job_id for e in store.find_entries(store_id="s1")} == in_s1
+    assert {e.job_id for e in store.find_entries(reason="http_404", store_id="s1")} == {
         "job-00001",
         "job-00007",
     }
-    assert {e.job_id for e in store.list(since=1_008)} == {"job-00008", "job-00009"}
-    assert {e.job_id for e in store.list(older_than=1_002)} == {"job-00000", "job-00001"}
+    assert {e.job_id for e in store.find_entries(since=1_008)} == {"job-00008", "job-00009"}
+    assert {e.job_id for e in store.find_entries(older_than=1_002)} == {"job-00000", "job-00001"}
 
 
 @pytest.mark.parametrize("newest_first", [True, False])
@@ -147,7 +149,7 @@ def test_past_the_entry_cap_the_oldest_go_first_logged_and_counted(
     trimmed += store.add(letter(5, reason="no_api_key", store_id="store_b"), now=2_000)[1]
 
     assert [t.entry_id for t in trimmed] == ["job-00003-r0", "job-00000-r0", "job-00001-r0"]
-    assert {e.job_id for e in store.list()} == {"job-00002", "job-00004", "job-00005"}
+    assert {e.job_id for e in store.find_entries()} == {"job-00002", "job-00004", "job-00005"}
     assert store.trimmed_by_reason() == {"http_404": 3}
     assert store.counts_by_reason() == {"http_404": 1, "no_api_key": 2}
     assert store.counts_by_store() == {"store_a": 1, "store_b": 2}
@@ -165,7 +167,7 @@ def test_entries_past_the_age_limit_are_trimmed_on_add_and_by_trim(
     # Without any add, trim() applies the same rule (redrive calls it every run).
     assert store.trim(now=1_151) == [Trimmed("job-00002-r0", "http_404")]
     assert store.trim(now=1_151) == []
-    assert [e.id for e in store.list()] == ["job-00003-r0"]
+    assert [e.id for e in store.find_entries()] == ["job-00003-r0"]
     assert store.trimmed_by_reason() == {"http_404": 2}
 
 
@@ -206,10 +208,9 @@ def test_replay_moves_the_job_to_the_queue_and_removes_the_entry(
         "attempts": 0,
         "replay_count": 2,
     }
-    # Already taken: a second replay pushes nothing, requeue says it is gone.
+    # Already taken: a second replay pushes nothing, and the entry is gone.
     assert store.replay([entry]) == []
-    with pytest.raises(KeyError):
-        store.requeue(entry.id)
+    assert store.get(entry.id) is None
     assert len(queued(redis_client)) == 1
 
 
@@ -252,7 +253,7 @@ def test_purge_deletes_only_what_is_there(redis_client: redis.Redis) -> None:
         "job-00000-r0",
         "job-00002-r0",
     ]
-    assert [e.id for e in store.list()] == ["job-00001-r0"]
+    assert [e.id for e in store.find_entries()] == ["job-00001-r0"]
     assert redis_client.llen(DELIVERY_QUEUE) == 0  # purge never pushes
 
 
@@ -297,5 +298,5 @@ def test_a_redelivered_message_finds_its_entry_and_is_not_processed_again(
         lambda: "outcome=duplicate job_id=job-crash" in worker.log(), 60, what="duplicate outcome"
     )
     assert sandbox.stats()["requests"] == 0
-    assert [e.id for e in store.list()] == ["job-crash-r0"]
+    assert [e.id for e in store.find_entries()] == ["job-crash-r0"]
     assert redis_client.llen(DELIVERY_QUEUE) == 0

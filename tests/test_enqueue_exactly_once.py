@@ -20,12 +20,12 @@ import redis
 
 from producers import EnqueueError, Producer
 from producers.enqueue import MAX_BATCH_PAYLOADS, call_ttl_seconds
-from producers.keys import ENQUEUED_COUNTER, KEY_PREFIX, idempotency_key
+from producers.keys import DELIVERY_QUEUE, ENQUEUED_COUNTER, KEY_PREFIX, idempotency_key
 from tests.conftest import STORE, RedisServer
 from tests.queue_helpers import event, queued
 from tests.tcp_proxy import TcpProxy
 from tests.test_cli_enqueue import printed_ids, run_enqueue, write_lines
-from worker.cli import ENQUEUE_CHUNK
+from worker.cli.enqueue import ENQUEUE_CHUNK
 
 TIMEOUT_SECONDS = 5.0  # the default: the socket timeout is then 2 s
 HOLD_SECONDS = 2.6  # longer than that socket timeout
@@ -179,7 +179,7 @@ def test_a_redis_paused_past_the_socket_timeout_queues_the_event_once(
     producer = Producer(server.url, timeout_seconds=TIMEOUT_SECONDS)
     producer.enqueue(STORE, event("clk-warm-up"))
     client = redis.Redis.from_url(server.url)
-    client.delete("snackvideo")
+    client.delete(DELIVERY_QUEUE)
     server.process.send_signal(signal.SIGSTOP)
     resume = threading.Timer(2.5, server.process.send_signal, args=(signal.SIGCONT,))
     resume.start()
@@ -214,7 +214,7 @@ def test_the_call_key_holds_one_byte_and_expires_after_the_retry_window(
 
 
 def test_a_refused_push_leaves_no_call_key(producer: Producer, redis_client: redis.Redis) -> None:
-    redis_client.set("snackvideo", "not a list")
+    redis_client.set(DELIVERY_QUEUE, "not a list")
     with pytest.raises(EnqueueError, match="WRONGTYPE"):
         producer.enqueue(STORE, event("clk-1"))
     assert list(redis_client.scan_iter(CALL_KEYS)) == []

@@ -10,7 +10,7 @@ from urllib.parse import quote
 import pytest
 
 from worker.bounded_json import bounded_json
-from worker.internal_errors import REDACTED, configured_keys, describe, scrub
+from worker.delivery.internal_errors import REDACTED, configured_keys, describe, scrub
 from worker.settings import Settings
 
 KEY = "pk_live_A1b2/C3+d4=="

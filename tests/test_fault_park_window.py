@@ -25,7 +25,7 @@ from producers import Producer
 from tests.conftest import Sandbox, Worker, wait_until, worker_env
 from tests.fault_helpers import RECOVERY_ENV, SETTLE_SECONDS, event, report, seam_env
 from tests.queue_helpers import decode_message, log_lines, queued, wait_idle
-from worker.keys import SCHEDULED_MESSAGES, generation_key
+from worker.keys import SCHEDULED_MESSAGES, UNACKED, generation_key
 
 pytestmark = pytest.mark.integration
 
@@ -135,7 +135,7 @@ def test_a_worker_killed_after_parking_leaves_one_live_copy(
     assert "SEAM: parked" in doomed.log()
     # Two copies: the parked one (generation 1) and the one the dead worker held.
     assert parked_generation(redis_client, job_id) == 1
-    assert redis_client.hlen("unacked") == 1
+    assert redis_client.hlen(UNACKED) == 1
     assert redis_client.get(generation_key(job_id)) == b"0:1"
 
     worker = start_worker(env, concurrency=1)

@@ -2,8 +2,8 @@
 
 What has to hold: each unreadable item is dead-lettered as ``invalid_job`` with its raw
 text kept (truncated); the worker never exits, never reconnects, never loops on one, and
-delivers every good job around them exactly once. Before ``worker.transport`` and
-``worker.poison``, the first three kinds below made the worker exit and took the item
+delivers every good job around them exactly once. Before ``worker.celery_ext.transport`` and
+``worker.celery_ext.poison``, the first three kinds below made the worker exit and took the item
 with it (see ``worker/poison.py``).
 """
 
@@ -27,7 +27,8 @@ from producers.keys import DELIVERY_QUEUE
 from producers.message import build_message
 from tests.conftest import STORE, Sandbox, Worker, wait_until, worker_env
 from tests.fault_helpers import FAULT_ENV, SETTLE_SECONDS, Ledger, event, report
-from worker.deadletter import DeadLetter, DeadLetterStore
+from worker.deadletter.store import DeadLetter, DeadLetterStore
+from worker.keys import UNACKED
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -36,7 +37,7 @@ GOOD_PER_GAP = 15
 CONCURRENCY = 2
 DLQ_ERROR_MAX_CHARS = Settings().dlq_error_max_chars
 
-#: sha256 of kombu 5.7.0's ``Channel._brpop_read``, which ``worker.transport`` copies.
+#: sha256 of kombu 5.7.0's ``Channel._brpop_read``, which ``worker.celery_ext.transport`` copies.
 KOMBU_BRPOP_READ_SHA256 = "c42518699709f2df90f55a048fe6346612ae5527e5c4a6819f2c0920dc62088f"
 
 
@@ -95,7 +96,7 @@ def entries(client: redis.Redis) -> list[DeadLetter]:
 
 
 def test_kombus_brpop_read_is_the_one_worker_transport_copies() -> None:
-    # worker.transport.SafeChannel._brpop_read is kombu's method plus two marked steps.
+    # worker.celery_ext.transport.SafeChannel._brpop_read is kombu's method plus two marked steps.
     # When kombu changes its version, re-copy it there, then update this hash.
     source = inspect.getsource(Channel._brpop_read)
     assert hashlib.sha256(source.encode()).hexdigest() == KOMBU_BRPOP_READ_SHA256
@@ -135,7 +136,7 @@ def test_garbage_on_the_queue_is_dead_lettered_and_the_worker_keeps_delivering(
     received = sorted(e["received_at"] for e in sandbox.events())
     recovery_s = max(b - a for a, b in zip(received, received[1:], strict=False))
     wait_until(
-        lambda: not redis_client.llen(DELIVERY_QUEUE) and not redis_client.hlen("unacked"),
+        lambda: not redis_client.llen(DELIVERY_QUEUE) and not redis_client.hlen(UNACKED),
         SETTLE_SECONDS,
         what="an empty queue",
     )

@@ -22,7 +22,8 @@ from producers import Producer
 from tests.conftest import STORE, Sandbox, Worker, wait_until, worker_env
 from tests.fault_helpers import SETTLE_SECONDS, event, report, seam_env
 from tests.queue_helpers import log_lines, wait_idle
-from worker.deadletter import DeadLetterStore, entry_id
+from worker.deadletter.store import DeadLetterStore
+from worker.keys import entry_id
 
 pytestmark = pytest.mark.integration
 

@@ -29,11 +29,12 @@ from tests.fault_helpers import (
     marker_stopped,
     report,
 )
+from worker.keys import UNACKED
 
 pytestmark = pytest.mark.integration
 
 CONCURRENCY = 2
-PREFETCH_MULTIPLIER = 1  # worker.app's setting
+PREFETCH_MULTIPLIER = 1  # worker.celery_app's setting
 ENQUEUE_BOUND_SECONDS = 1.0
 REFUSED_CALLS = 10
 
@@ -154,7 +155,7 @@ def test_a_full_redis_makes_enqueue_raise_and_the_running_worker_loses_nothing(
     assert worker.process.poll() is None, worker.log()
     # noeviction: every job that was queued is still there (none evicted), plus at most
     # the few the worker took (they are in kombu's unacked hash, or held and returned).
-    assert int(client.llen(DELIVERY_QUEUE)) + int(client.hlen("unacked")) >= queued_when_full - 1
+    assert int(client.llen(DELIVERY_QUEUE)) + int(client.hlen(UNACKED)) >= queued_when_full - 1
 
     client.config_set("maxmemory", "0")
     client.delete("test:filler")

@@ -6,9 +6,9 @@ dead-lettered, and within seconds of Redis returning, not a visibility timeout l
 The jobs the worker held when the connection dropped (running, or prefetched) could not
 be acked or requeued without Redis and stay in kombu's ``unacked`` hash; the reconnect
 opens a new consuming channel, which retires the old consumer incarnation, and the first
-sweep of the new one puts its messages back at once (``worker.ownership``). The visibility
-timeout is kept at its production length (120 s), so nothing else can explain a fast
-recovery. A delivery whose acknowledgement was lost comes back and is not sent again when
+sweep of the new one puts its messages back at once (``worker.celery_ext.ownership``). The
+visibility timeout is kept at its production length (120 s), so nothing else can explain a
+fast recovery. A delivery whose acknowledgement was lost comes back and is not sent again when
 its delivered-marker made it to Redis (duplicates only where the marker itself was lost:
 the jobs in flight).
 """
@@ -33,14 +33,14 @@ from tests.fault_helpers import (
     unacked_job_ids,
 )
 from tests.queue_helpers import wait_idle
-from worker.keys import SCHEDULED, delivered_key
+from worker.keys import DELIVERY_QUEUE, SCHEDULED, UNACKED, delivered_key
 
 pytestmark = pytest.mark.integration
 
 JOBS = 300
 DOWN_AT = 31  # deliveries
 CONCURRENCY = 4
-PREFETCH_MULTIPLIER = 1  # worker.app's setting
+PREFETCH_MULTIPLIER = 1  # worker.celery_app's setting
 DOWN_SECONDS = 2.0
 VISIBILITY_TIMEOUT_SECONDS = float(RECOVERY_ENV["SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS"])
 
@@ -73,7 +73,7 @@ def test_redis_restart_mid_run_recovers_in_seconds(
     ledger.wait_delivered(DOWN_AT)
     wait_until(lambda: client.zcard(SCHEDULED) > 0, 30, what="jobs parked in the delayed set")
 
-    queued_at_fault = int(client.llen("snackvideo"))
+    queued_at_fault = int(client.llen(DELIVERY_QUEUE))
     parked_at_fault = int(client.zcard(SCHEDULED))
     in_flight = unacked_job_ids(client)
     delivered_at_fault = ledger.summary().delivered
@@ -140,8 +140,8 @@ def all_marked(client: redis.Redis, ledger: Ledger) -> bool:
 def idle(client: redis.Redis) -> bool:
     try:
         with client.pipeline(transaction=False) as pipe:
-            pipe.llen("snackvideo")
-            pipe.hlen("unacked")
+            pipe.llen(DELIVERY_QUEUE)
+            pipe.hlen(UNACKED)
             pipe.zcard(SCHEDULED)
             return not any(pipe.execute())
     except redis.RedisError:

@@ -26,6 +26,7 @@ from tests.fault_helpers import (
     report,
     unacked_job_ids,
 )
+from worker.keys import UNACKED
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +74,7 @@ def test_sigterm_finishes_running_jobs_and_returns_the_rest_at_once(
 
     def every_unfinished_job_is_back() -> bool:
         unfinished = set(ledger.unaccounted())
-        return not redis_client.hlen("unacked") and set(queued_job_ids(redis_client)) == unfinished
+        return not redis_client.hlen(UNACKED) and set(queued_job_ids(redis_client)) == unfinished
 
     # Nothing else runs now, so only the exiting worker can have put them back. Waiting a
     # little lets a slow machine finish its writes; a visibility-timeout restore could not

@@ -5,7 +5,7 @@ the dead worker held are delivered within seconds of the kill, not a visibility 
 later. They stay in kombu's ``unacked`` hash, recorded as taken by the dead worker's
 consumer incarnation; its heartbeat stops, and once it is older than
 ``SNACKVIDEO_CONSUMER_DEAD_AFTER_SECONDS`` the next sweep of any worker (here the
-restarted one) puts them back (``worker.ownership``). The visibility timeout is kept at
+restarted one) puts them back (``worker.celery_ext.ownership``). The visibility timeout is kept at
 its production length (120 s), so nothing else can explain a fast recovery. A job can be
 delivered twice only if it was in flight at the kill (its POST reached Scalev, its
 delivered-marker did not reach Redis), so duplicates are bounded by the jobs held then.
@@ -31,14 +31,14 @@ from tests.fault_helpers import (
     unacked_job_ids,
 )
 from tests.queue_helpers import queued, wait_idle
-from worker.keys import CONSUMERS, delivered_key
+from worker.keys import CONSUMERS, UNACKED, delivered_key
 
 pytestmark = pytest.mark.integration
 
 JOBS = 400
 KILL_AT = 60  # deliveries
 CONCURRENCY = 8
-PREFETCH_MULTIPLIER = 1  # worker.app's setting
+PREFETCH_MULTIPLIER = 1  # worker.celery_app's setting
 RESTART_AFTER_SECONDS = 1.0
 VISIBILITY_TIMEOUT_SECONDS = float(RECOVERY_ENV["SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS"])
 
@@ -70,7 +70,7 @@ def test_sigkill_mid_run_recovers_in_seconds_and_duplicates_only_jobs_in_flight(
     worker = start_worker(env, concurrency=CONCURRENCY)
     ledger.offer("kill", JOBS)
     ledger.wait_delivered(KILL_AT)
-    wait_until(lambda: redis_client.hlen("unacked") >= 2, 30, what="jobs in flight")
+    wait_until(lambda: redis_client.hlen(UNACKED) >= 2, 30, what="jobs in flight")
 
     worker.kill()  # SIGKILL to the process group: main process and pool children at once
     killed_at = time.time()

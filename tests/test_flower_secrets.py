@@ -33,7 +33,7 @@ from tests.test_flower import (  # noqa: F401 (start_flower is a fixture)
 )
 from tests.test_secrets import expand
 from tests.test_url_credentials import PASSWORD, password_url  # noqa: F401 (a fixture)
-from worker.scalev import API_KEY_HEADER
+from worker.delivery.scalev import API_KEY_HEADER
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,8 @@ from producers.message import build_message
 from producers.models import JOB_SCHEMA_VERSION
 from tests.conftest import STORE, STORE_KEY, Sandbox, Worker, wait_until, worker_env
 from tests.queue_helpers import event, log_lines, wait_idle
-from worker.deadletter import DeadLetter, DeadLetterStore, entry_id
-from worker.keys import delivered_key, dlq_taken_key
+from worker.deadletter.store import DeadLetter, DeadLetterStore
+from worker.keys import delivered_key, dlq_taken_key, entry_id
 
 pytestmark = pytest.mark.integration
 
@@ -163,4 +163,4 @@ def test_a_stale_copy_restored_after_its_entry_was_replayed_is_not_sent(
 
     assert log_lines(worker, "outcome=duplicate", "job_id=job-race")
     assert sandbox.stats()["requests"] == 1  # the replay's request only
-    assert [entry.id for entry in store.list()] == [replayed_id]  # no J-r0 beside it
+    assert [entry.id for entry in store.find_entries()] == [replayed_id]  # no J-r0 beside it

@@ -45,12 +45,12 @@ from tests.hostile_http import (
     redirect,
     tls_context,
 )
-from worker.deadletter import DeadLetter, DeadLetterStore
+from worker.deadletter.store import DeadLetter, DeadLetterStore
+from worker.delivery.request_deadline import Watchdog, watchdog
+from worker.delivery.resolver import BoundedResolver, ResolveTimeout
+from worker.delivery.scalev import REDACTED, ScalevClient
 from worker.errors import RedirectRefused, RetryableError
 from worker.keys import SCHEDULED
-from worker.request_deadline import Watchdog, watchdog
-from worker.resolver import BoundedResolver, ResolveTimeout
-from worker.scalev import REDACTED, ScalevClient
 from worker.settings import Settings
 
 REDIRECTS = (301, 302, 303, 307, 308)

@@ -28,10 +28,10 @@ from producers.message import build_message
 from producers.models import JOB_SCHEMA_VERSION
 from tests.conftest import STORE, STORE_KEY, Sandbox, Worker, wait_until, worker_env
 from tests.queue_helpers import event, log_lines, wait_idle
-from worker.deadletter import DeadLetterStore, entry_id, invalid_entry_id
-from worker.keys import throttle_key
+from worker.celery_ext.body_guard import MAX_BODY_DEPTH
+from worker.deadletter.store import DeadLetterStore
+from worker.keys import entry_id, invalid_entry_id, throttle_key
 from worker.settings import Settings
-from worker.strategy import MAX_BODY_DEPTH
 
 pytestmark = pytest.mark.integration
 

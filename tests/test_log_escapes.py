@@ -20,10 +20,10 @@ from producers.keys import DELIVERY_QUEUE
 from producers.message import build_message
 from tests.conftest import STORE, Sandbox, Worker, wait_until, worker_env
 from tests.queue_helpers import event
-from worker.deadletter import DeadLetterStore
-from worker.safe_logs import EscapeArgs
-from worker.status import format_table
-from worker.visible import log_field
+from worker.celery_ext.escaped_logs import EscapeArgs
+from worker.cli.status import format_table
+from worker.deadletter.store import DeadLetterStore
+from worker.escaping import log_field
 
 pytestmark = pytest.mark.integration
 

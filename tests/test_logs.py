@@ -15,7 +15,7 @@ import redis
 from producers import Producer
 from tests.conftest import STORE, STORE_KEY, Sandbox, wait_until, worker_env
 from tests.queue_helpers import event
-from worker.deadletter import DeadLetterStore
+from worker.deadletter.store import DeadLetterStore
 
 pytestmark = pytest.mark.integration
 

@@ -25,8 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from producers import Producer
 from tests.conftest import STORE, STORE_KEY, Sandbox, free_port, wait_until, worker_env
 from tests.queue_helpers import event
-from worker import metrics
-from worker.deadletter import DeadLetterStore
+from worker.deadletter.store import DeadLetterStore
+from worker.metrics.collectors import RedisStateCollector
+from worker.metrics.multiprocess import fold_process_files
 
 pytestmark = pytest.mark.integration
 
@@ -277,7 +278,7 @@ def test_enqueued_total_and_queue_gauges_come_from_redis(redis_url: str) -> None
 
     registry_samples = {
         (s.name, frozenset(s.labels.items())): s.value
-        for family in metrics.RedisStateCollector(client).collect()
+        for family in RedisStateCollector(client).collect()
         for s in family.samples
     }
     assert value(registry_samples, "snackvideo_events_enqueued_total") == 6
@@ -289,7 +290,7 @@ def test_enqueued_total_and_queue_gauges_come_from_redis(redis_url: str) -> None
 
 def test_an_unreachable_redis_is_a_gauge_not_a_failed_scrape() -> None:
     client = redis.Redis(port=free_port(), socket_connect_timeout=0.2)
-    families = list(metrics.RedisStateCollector(client).collect())
+    families = list(RedisStateCollector(client).collect())
     assert [(f.name, f.samples[0].value) for f in families] == [("snackvideo_redis_up", 0)]
 
 
@@ -307,11 +308,11 @@ def test_folding_a_dead_process_keeps_the_totals(tmp_path: Path) -> None:
         }
 
     before = totals()
-    assert metrics.fold_process_files(tmp_path, 101) == 1
-    assert metrics.fold_process_files(tmp_path, 103) == 1
-    assert metrics.fold_process_files(tmp_path, 999) == 0
+    assert fold_process_files(tmp_path, 101) == 1
+    assert fold_process_files(tmp_path, 103) == 1
+    assert fold_process_files(tmp_path, 999) == 0
     assert totals() == before == {("204", "delivered"): 7, ("204", "retried"): 2}
     assert sorted(os.listdir(tmp_path)) == ["counter_102.db", "counter_archive.db"]
     # A second fold into an existing archive adds, it does not overwrite.
-    metrics.fold_process_files(tmp_path, 102)
+    fold_process_files(tmp_path, 102)
     assert totals() == before

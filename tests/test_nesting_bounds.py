@@ -27,13 +27,13 @@ from producers.message import build_message
 from producers.models import MAX_PAYLOAD_DEPTH, nested_deeper_than, validate_job, validate_payload
 from tests.conftest import PYTHON, ROOT, STORE, STORE_KEY, Sandbox, Worker, wait_until, worker_env
 from tests.queue_helpers import event
-from worker.cli_dlq import list_row, payload_text, show_text
-from worker.deadletter import DeadLetter, DeadLetterStore
-from worker.delivery import Dispatcher
+from worker.celery_ext.body_guard import MAX_BODY_DEPTH
+from worker.cli.dlq import list_row, payload_text, show_text
+from worker.deadletter.store import DeadLetter, DeadLetterStore
+from worker.delivery.dispatcher import Dispatcher
+from worker.delivery.scalev import ScalevClient
 from worker.errors import DeadLettered
-from worker.scalev import ScalevClient
 from worker.settings import Settings
-from worker.strategy import MAX_BODY_DEPTH
 
 SNACKVIDEO = str(Path(PYTHON).parent / "snackvideo")
 DEPTHS = pytest.mark.parametrize("depth", [3_000, 100_000])
@@ -146,7 +146,7 @@ def test_the_dispatcher_parks_a_deep_job_with_its_text_cut(
     with pytest.raises(DeadLettered):
         dispatcher.deliver((), kwargs)
 
-    (entry,) = DeadLetterStore(redis_client).list()
+    (entry,) = DeadLetterStore(redis_client).find_entries()
     assert entry.reason == "invalid_job"
     assert len(entry.payload["raw"]) == settings.dlq_error_max_chars
     assert entry.payload["raw_chars"] > depth * len('{"a":}')
@@ -184,7 +184,7 @@ def test_a_worker_parks_deep_messages_on_every_path_and_keeps_delivering(
     wait_until(lambda: sandbox.events(click_id=f"after-deep-{depth}"), 60, what="the good job")
 
     limit = Settings().dlq_error_max_chars
-    entries = {entry.job_id: entry for entry in store.list()}
+    entries = {entry.job_id: entry for entry in store.find_entries()}
     assert {entry.reason for entry in entries.values()} == {"invalid_job"}
     assert f"deep-body-{depth}" in entries and f"mid-body-{depth}" in entries
     for entry in entries.values():

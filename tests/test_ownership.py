@@ -1,5 +1,6 @@
-"""Consumer ownership and heartbeats (``worker.ownership`` through ``worker.transport``)
-against a real Redis, with real kombu channels of the project's transport.
+"""Consumer ownership and heartbeats (``worker.celery_ext.ownership`` through
+``worker.celery_ext.transport``) against a real Redis, with real kombu channels of the
+project's transport.
 
 A dead consumer is a real one: a separate process takes a message through the transport
 and exits at once (``os._exit``: no close, no restore, no retirement), leaving exactly
@@ -21,9 +22,9 @@ from kombu import Connection
 
 from producers.message import build_message
 from tests.conftest import PYTHON, ROOT, RedisServer, wait_until
+from worker.celery_ext.transport import SafeChannel, SafeTransport
 from worker.clock import RedisClock
-from worker.keys import CONSUMERS, TAKEN_BY, consumer_taken_key
-from worker.transport import SafeChannel, SafeTransport
+from worker.keys import CONSUMERS, TAKEN_BY, UNACKED, UNACKED_INDEX, consumer_taken_key
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,7 @@ OPTIONS = {
 TAKE_AND_DIE = """
 import json, os, sys
 from kombu import Connection
-from worker.transport import SafeTransport
+from worker.celery_ext.transport import SafeTransport
 conn = Connection(sys.argv[1], transport=SafeTransport, transport_options=json.loads(sys.argv[2]))
 channel = conn.channel()
 channel.basic_qos(0, 1, False)
@@ -130,17 +131,17 @@ def test_taking_a_message_records_its_holder_in_the_same_step(
 
     assert redis_client.hget(TAKEN_BY, tag) == live.incarnation.encode()
     assert redis_client.smembers(consumer_taken_key(live.incarnation)) == {tag.encode()}
-    assert redis_client.hexists("unacked", tag)
+    assert redis_client.hexists(UNACKED, tag)
     # Scored on the Redis clock, and alive.
     (server_s, micros) = redis_client.time()
-    score = redis_client.zscore("unacked_index", tag)
+    score = redis_client.zscore(UNACKED_INDEX, tag)
     assert score is not None and abs(score - (server_s + micros / 1e6)) < 1.0
     assert redis_client.zscore(CONSUMERS, live.incarnation) is not None
 
     message.ack()
     assert not redis_client.hexists(TAKEN_BY, tag)
     assert not redis_client.exists(consumer_taken_key(live.incarnation))
-    assert not redis_client.hexists("unacked", tag)
+    assert not redis_client.hexists(UNACKED, tag)
 
 
 def test_a_dead_consumer_s_messages_come_back_redelivered_and_first_in_line(
@@ -183,7 +184,7 @@ def test_a_message_held_by_another_consumer_since_is_not_restored_again(
     live.sweep()
 
     assert job_ids_on_queue(redis_client) == []
-    assert redis_client.hexists("unacked", tag)  # the other holder's record stays
+    assert redis_client.hexists(UNACKED, tag)  # the other holder's record stays
     assert redis_client.hget(TAKEN_BY, tag) == b"someone-else"
     assert redis_client.zscore(CONSUMERS, dead) is None  # the dead one holds nothing now
 
@@ -219,7 +220,7 @@ def test_a_closing_channel_puts_back_what_it_holds_and_is_forgotten(
     assert job_ids_on_queue(redis_client) == ["unstarted"]
     assert redis_client.zscore(CONSUMERS, incarnation) is None
     assert not redis_client.exists(consumer_taken_key(incarnation))
-    assert redis_client.hlen(TAKEN_BY) == 0 and redis_client.hlen("unacked") == 0
+    assert redis_client.hlen(TAKEN_BY) == 0 and redis_client.hlen(UNACKED) == 0
 
 
 def test_a_run_that_ends_after_its_channel_closed_loses_nothing(
@@ -268,7 +269,7 @@ def test_a_host_whose_clock_runs_ahead_does_not_restore_jobs_still_running(
     ahead.sweep()  # the visibility scan too (interval 1)
 
     (server_s, micros) = redis_client.time()
-    score = redis_client.zscore("unacked_index", message.delivery_tag)
+    score = redis_client.zscore(UNACKED_INDEX, message.delivery_tag)
     assert score is not None and abs(score - (server_s + micros / 1e6)) < 1.0
-    assert redis_client.hexists("unacked", message.delivery_tag)  # not restored
+    assert redis_client.hexists(UNACKED, message.delivery_tag)  # not restored
     assert job_ids_on_queue(redis_client) == []

@@ -31,8 +31,9 @@ from producers.models import (
 )
 from tests.conftest import PYTHON, ROOT, STORE, Sandbox, Worker, wait_until, worker_env
 from tests.queue_helpers import event
-from worker.cli import MAX_INPUT_BYTES
-from worker.deadletter import DeadLetterStore, invalid_entry_id
+from worker.cli.enqueue import MAX_INPUT_BYTES
+from worker.deadletter.store import DeadLetterStore
+from worker.keys import DLQ_ENTRIES, invalid_entry_id
 from worker.settings import Settings
 
 SNACKVIDEO = str(Path(PYTHON).parent / "snackvideo")
@@ -215,6 +216,6 @@ def test_a_worker_dead_letters_an_oversize_job_with_its_text_cut_and_never_posts
     assert entry.payload["raw_chars"] == FIVE_MIB  # ASCII: characters are bytes here
     assert len(entry.payload["raw"]) == limit
     assert entry.payload["raw"].startswith('{"click_id":"oversize"')
-    assert len(redis_client.hget("snackvideo:dlq:entries", entry.id) or b"") < 2 * limit + 1000
+    assert len(redis_client.hget(DLQ_ENTRIES, entry.id) or b"") < 2 * limit + 1000
     assert sandbox.attempts("oversize") == 0
     assert worker.process.poll() is None

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from producers import InvalidEvent
-from producers.keys import idempotency_key
+from producers.keys import IDEMPOTENCY_PREFIX, idempotency_key
 from producers.models import (
     JobMessage,
     nested_deeper_than,
@@ -32,10 +32,10 @@ from producers.models import (
     validate_payload,
 )
 from worker.bounded_json import kept_raw
-from worker.cli_dlq import list_row, show_text
-from worker.deadletter import DEFAULT_RAW_MAX_CHARS, MAX_STORED_DEPTH, DeadLetter
-from worker.ratelimit_headers import MAX_COUNT, MAX_RESET_SECONDS, parse_rate_limit_headers
-from worker.visible import log_field
+from worker.cli.dlq import list_row, show_text
+from worker.deadletter.store import DEFAULT_RAW_MAX_CHARS, MAX_STORED_DEPTH, DeadLetter
+from worker.escaping import log_field
+from worker.throttle.headers import MAX_COUNT, MAX_RESET_SECONDS, parse_rate_limit_headers
 
 EXAMPLES = int(os.environ.get("SNACKVIDEO_HYPOTHESIS_EXAMPLES", "100"))
 PROPERTY = settings(
@@ -179,7 +179,7 @@ def test_idempotency_keys_of_different_pairs_differ(
 @PROPERTY
 @given(store=st.text(st.sampled_from(":%3Aa25") | st.characters(), max_size=20), key=any_text)
 def test_the_store_part_of_an_idempotency_key_holds_no_separator(store: str, key: str) -> None:
-    encoded = idempotency_key(store, key).removeprefix("snackvideo:idem:")
+    encoded = idempotency_key(store, key).removeprefix(IDEMPOTENCY_PREFIX)
     assert encoded.split(":", 1)[0].replace("%3A", ":").replace("%25", "%") == store
 
 

@@ -7,7 +7,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from worker.ratelimit_headers import (
+from worker.throttle.headers import (
     MAX_COUNT,
     MAX_RESET_SECONDS,
     MILLISECOND,
@@ -33,7 +33,6 @@ def test_full_set_of_headers() -> None:
     assert parsed == RateLimitHeaders(
         limit=25, remaining=7, reset_in_seconds=1.0, reset_resolution_seconds=WHOLE_SECOND
     )
-    assert not parsed.empty
 
 
 def test_header_names_are_case_insensitive() -> None:
@@ -124,7 +123,7 @@ def test_retry_after_garbage_is_none(value: str) -> None:
 )
 def test_garbage_and_absence_never_raise(headers: dict[str, str]) -> None:
     parsed = parse_rate_limit_headers(headers, NOW)
-    assert parsed.empty
+    assert (parsed.limit, parsed.remaining, parsed.reset_in_seconds) == (None, None, None)
     assert parsed.retry_after_seconds is None
 
 

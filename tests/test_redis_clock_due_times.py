@@ -21,14 +21,14 @@ from producers.models import JOB_SCHEMA_VERSION
 from tests.conftest import STORE, STORE_KEY, Sandbox
 from tests.queue_helpers import event
 from worker.clock import RedisClock
-from worker.delivery import Dispatcher
+from worker.clock_skew import ClockSkewWatch
+from worker.delayed.store import DelayedJobs
+from worker.delivery.dispatcher import Dispatcher
+from worker.delivery.scalev import ScalevClient
 from worker.errors import DeadLettered
 from worker.keys import DELIVERY_QUEUE, SCHEDULED
-from worker.metrics import ClockSkewCollector
-from worker.scalev import ScalevClient
-from worker.scheduler import DelayedJobs
+from worker.metrics.collectors import ClockSkewCollector
 from worker.settings import Settings
-from worker.skew import ClockSkewWatch
 
 AHEAD = 300.0
 
@@ -125,7 +125,7 @@ def test_a_job_is_aged_and_dead_lettered_on_the_redis_clock(redis_client: redis.
     with pytest.raises(DeadLettered) as raised:
         behind.deliver((), kwargs)
     assert raised.value.reason == "expired"
-    (entry,) = behind.dead_letters.list()
+    (entry,) = behind.dead_letters.find_entries()
     assert abs(entry.dead_lettered_at - redis_now(redis_client)) < 1.0
 
 

@@ -23,9 +23,9 @@ from producers import Producer
 from producers.message import build_message
 from tests.conftest import PYTHON, ROOT, STORE, Sandbox, Worker, wait_until, worker_env
 from tests.queue_helpers import decode_message, event, queued
-from worker.deadletter import DeadLetter, DeadLetterStore
+from worker.deadletter.redrive import RedriveLock, Redriver
+from worker.deadletter.store import DeadLetter, DeadLetterStore
 from worker.keys import CONTROL_QUEUE, DELIVERY_QUEUE, REDRIVE_LOCK, REDRIVE_TASK
-from worker.redrive import RedriveLock, Redriver
 from worker.settings import Settings
 
 SETTLE_SECONDS = 90.0
@@ -91,7 +91,7 @@ def test_only_healable_reasons_below_the_cap_oldest_first(redis_client: redis.Re
     assert [entry.job_id for entry in report.replayed] == expected
     assert pushed_jobs(redis_client) == expected  # oldest first onto the queue
     assert report.at_cap == 2
-    left = {(e.reason, e.replay_count) for e in store.list()}
+    left = {(e.reason, e.replay_count) for e in store.find_entries()}
     assert left == {(r, 0) for r in NEVER} | {("http_404", 3), ("no_api_key", 5)}
     assert [m.kwargs["replay_count"] for m in queued(redis_client)] == [1, 1, 1, 1, 1, 3]
 
@@ -103,7 +103,7 @@ def test_reasons_are_configurable(redis_client: redis.Redis) -> None:
     settings = Settings.from_env({"SNACKVIDEO_REDRIVE_REASONS": "expired"})
     report = redriver(redis_client, settings).run()
     assert [e.job_id for e in report.replayed] == ["job-0001"]
-    assert [e.reason for e in store.list()] == ["http_404"]
+    assert [e.reason for e in store.find_entries()] == ["http_404"]
 
 
 def test_batch_cap_per_run_and_replay_cap_per_entry(redis_client: redis.Redis) -> None:
@@ -131,7 +131,7 @@ def test_no_api_key_waits_for_a_key_without_spending_a_replay(redis_client: redi
     report = redriver(redis_client, has_api_key=lambda store_id: store_id in has_key).run()
     assert [e.job_id for e in report.replayed] == ["job-0002"]
     assert report.waiting == 1
-    assert [(e.job_id, e.replay_count) for e in store.list()] == [("job-0001", 0)]
+    assert [(e.job_id, e.replay_count) for e in store.find_entries()] == [("job-0001", 0)]
 
 
 def test_a_run_also_applies_retention(redis_client: redis.Redis) -> None:
@@ -302,7 +302,7 @@ def test_two_beats_replay_each_entry_once(
     start_beat(env)
 
     def all_at_cap() -> bool:
-        entries = store.list(limit=100)
+        entries = store.find_entries(limit=100)
         return len(entries) == 40 and all(e.replay_count == 3 for e in entries)
 
     wait_until(all_at_cap, SETTLE_SECONDS, what="every entry replayed up to the cap")
@@ -335,7 +335,7 @@ def test_done_when_a_store_without_key_is_delivered_by_the_schedule_alone(
     wait_until(
         lambda: worker.log().count("waiting_for_key=1") >= 2, SETTLE_SECONDS, what="redrive runs"
     )
-    assert [e.id for e in store.list()] == [entry.id]
+    assert [e.id for e in store.find_entries()] == [entry.id]
     assert sandbox.events(click_id="clk-late") == []
 
     # The operator adds the key and restarts the workers (keys come from configuration).

@@ -20,9 +20,9 @@ from producers import Producer
 from tests.conftest import STORE, STORE_KEY, Worker, wait_until, worker_env
 from tests.hostile_http import Endless, HostileServer, Reply, in_order
 from tests.queue_helpers import event
-from worker.deadletter import DeadLetterStore
+from worker.deadletter.store import DeadLetterStore
+from worker.delivery.scalev import RESPONSE_BODY_MAX_BYTES, ScalevClient
 from worker.errors import PermanentError, RedirectRefused
-from worker.scalev import RESPONSE_BODY_MAX_BYTES, ScalevClient
 from worker.settings import Settings
 
 #: Deadline of the client under test: 1 + 2 s. The answers below would outlast it.

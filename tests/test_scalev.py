@@ -1,4 +1,5 @@
-"""``worker.scalev``: the response classification (pure) and the HTTP client (real sandbox)."""
+"""``worker.delivery.scalev``: the response classification (pure) and the HTTP client (real
+sandbox)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import requests
 
 from tests.conftest import STORE, STORE_KEY, Sandbox, free_port
 from tests.hostile_http import HostileServer
+from worker.delivery.scalev import API_KEY_HEADER, Delivered, ScalevClient, classify, events_url
 from worker.errors import DeliveryError, PermanentError, RateLimited, RetryableError
-from worker.scalev import API_KEY_HEADER, Delivered, ScalevClient, classify, events_url
 
 # -- classify ------------------------------------------------------------------------
 
@@ -170,7 +171,7 @@ def test_a_read_timeout_is_retryable(start_sandbox: Callable[..., Sandbox]) -> N
     assert info.value.status_code is None
     assert str(info.value) == "Scalev did not answer in time: ReadTimeout"
     # requests' exception is not chained: Celery would report it, and its text can
-    # quote the request (worker.scalev).
+    # quote the request (worker.delivery.scalev).
     assert info.value.__cause__ is None and info.value.__context__ is None
 
 

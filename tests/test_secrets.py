@@ -18,12 +18,12 @@ import pytest
 import redis
 
 from producers import Producer
-from producers.keys import DELIVERY_QUEUE
+from producers.keys import DELIVERY_QUEUE, IDEMPOTENCY_PREFIX
 from producers.message import build_message
 from tests.conftest import STORE, Sandbox, Worker, wait_until, worker_env
 from tests.queue_helpers import PubSubRecorder, event
-from worker.deadletter import DeadLetterStore
-from worker.keys import SCHEDULED, delivered_key
+from worker.deadletter.store import DeadLetterStore
+from worker.keys import DLQ_ENTRIES, SCHEDULED, SCHEDULED_MESSAGES, UNACKED, delivered_key
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -163,7 +163,7 @@ def test_the_key_is_nowhere_in_redis_events_or_logs(
     def idle() -> bool:
         with redis_client.pipeline(transaction=False) as pipe:
             pipe.llen(DELIVERY_QUEUE)
-            pipe.hlen("unacked")
+            pipe.hlen(UNACKED)
             pipe.zcard(SCHEDULED)
             return not any(pipe.execute())
 
@@ -182,9 +182,9 @@ def test_the_key_is_nowhere_in_redis_events_or_logs(
     assert sandbox.attempts("clk-s-ok") == 2  # retried once, then delivered
     assert sandbox.attempts("clk-s-single") == 1
     # The run really exercised the paths it claims to: sanity of what was scanned.
-    assert any(key.startswith(b"snackvideo:dlq") for key, _ in seen)
-    assert any(key == b"snackvideo:scheduled:messages" for key, _ in seen)
-    assert any(key.startswith(b"snackvideo:idem:") for key, _ in seen)
+    assert any(key == DLQ_ENTRIES.encode() for key, _ in seen)
+    assert any(key == SCHEDULED_MESSAGES.encode() for key, _ in seen)
+    assert any(key.startswith(IDEMPOTENCY_PREFIX.encode()) for key, _ in seen)
     # Task events carry the kwargs Flower shows; the decoding above really reads them.
     event_texts = [form for _, blob in recorder.messages for form in expand(blob)]
     assert any(b"clk-s-ok" in text and b"task-received" in text for text in event_texts)

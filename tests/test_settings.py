@@ -21,7 +21,7 @@ from producers import ConfigurationError, DispatchError, Producer
 from producers.settings import MAX_TTL_SECONDS, ProducerSettings
 from producers.urls import without_password
 from tests.conftest import PYTHON, ROOT
-from worker.header_values import header_value_problem
+from worker.delivery.header_values import header_value_problem
 from worker.settings import Settings
 
 SECRET = "pk_live_PLANTED7q2Secret"

@@ -12,8 +12,8 @@ import redis
 from producers import Producer
 from tests.conftest import PYTHON, ROOT, STORE, STORE_KEY, Sandbox, wait_until, worker_env
 from tests.queue_helpers import event
-from worker.deadletter import DeadLetterStore
-from worker.scheduler import DelayedJobs
+from worker.deadletter.store import DeadLetterStore
+from worker.delayed.store import DelayedJobs
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,8 @@ import redis
 
 from tests.conftest import PYTHON, ROOT, STORE, STORE_KEY
 from worker.keys import throttle_in_flight_key, throttle_key
-from worker.throttle import Throttle, read_state, throttle_status
+from worker.throttle.budget import Throttle
+from worker.throttle.state import read_states, throttle_status
 
 SCOPE = "https://api.example.test"
 T0 = 1_750_000_000.0
@@ -246,7 +247,7 @@ def test_status_shows_limit_remaining_reset_blocked_and_in_flight(
     assert throttle.acquire(SCOPE) == 0.0
     throttle.record(SCOPE, 429, {"retry-after": "30", **headers(25, 0, 20)})
     assert throttle.acquire(SCOPE) > 0
-    state = read_state(redis_client, SCOPE)
+    (state,) = read_states(redis_client, [SCOPE])
     assert state.limit == 25 and state.remaining == 0 and state.in_flight == 0
     assert state.reset_in_seconds is not None and 25 < state.reset_in_seconds <= 30
     assert state.blocked_until is not None and 25 < state.blocked_for_seconds <= 30
@@ -273,7 +274,7 @@ def test_off_switch_only_waits_out_retry_after_in_this_process(
 # (INCRBY on a shared counter), never answers, prints how many slots it took.
 _CHILD = """
 import sys, redis
-from worker.throttle import Throttle
+from worker.throttle.budget import Throttle
 url, scope, t0, rounds = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 client = redis.Redis.from_url(url)
 throttle = Throttle(client, default_rate_per_second=10.0)
@@ -332,7 +333,7 @@ def test_threads_and_processes_never_take_more_than_the_budget(
 # requests to the sandbox, several threads; prints {status: count}.
 _SENDER = """
 import json, sys, threading, time, redis, requests
-from worker.throttle import Throttle
+from worker.throttle.budget import Throttle
 url, base, store, key, total, threads = sys.argv[1:7]
 total, threads = int(total), int(threads)
 client = redis.Redis.from_url(url)
@@ -393,8 +394,8 @@ def test_processes_and_threads_share_one_budget_on_a_real_server(
 
 
 def test_lua_scripts_carry_their_signature() -> None:
-    for name in ("throttle_acquire", "throttle_record"):
-        first = (ROOT / "worker" / "lua" / f"{name}.lua").read_text().splitlines()[0]
+    for name in ("acquire", "record"):
+        first = (ROOT / "worker" / "throttle" / f"{name}.lua").read_text().splitlines()[0]
         assert first.startswith("-- keys=[") and "args=[" in first
 
 

@@ -11,8 +11,8 @@ import requests
 
 from producers import Producer
 from tests.conftest import STORE, STORE_KEY, wait_until, worker_env
-from worker.deadletter import DeadLetterStore
-from worker.keys import SCHEDULED, delivered_key
+from worker.deadletter.store import DeadLetterStore
+from worker.keys import DELIVERY_QUEUE, SCHEDULED, UNACKED, delivered_key
 
 pytestmark = pytest.mark.integration
 
@@ -91,8 +91,8 @@ def test_a_long_wait_parks_the_job_in_redis_not_in_a_worker(
     wait_until(lambda: client.zscore(SCHEDULED, second), timeout=60, what="the parked job")
     due_at = client.zscore(SCHEDULED, second)
     assert due_at is not None and due_at - client.time()[0] > 10
-    wait_until(lambda: client.hlen("unacked") == 0, timeout=30, what="the message acked")
-    assert client.llen("snackvideo") == 0
+    wait_until(lambda: client.hlen(UNACKED) == 0, timeout=30, what="the message acked")
+    assert client.llen(DELIVERY_QUEUE) == 0
     assert sandbox.stats()["requests"] == 1  # the second was never sent into a spent window
     assert "outcome=throttled" in worker.log()
     client.close()

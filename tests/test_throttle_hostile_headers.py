@@ -18,7 +18,7 @@ from producers import Producer
 from tests.conftest import STORE, Sandbox, wait_until, worker_env
 from tests.queue_helpers import event
 from worker.keys import throttle_key
-from worker.throttle import FALLBACK_WINDOW_SECONDS, Throttle
+from worker.throttle.budget import FALLBACK_WINDOW_SECONDS, Throttle
 
 SCOPE = "https://api.example.test"
 T0 = 1_750_000_000.0

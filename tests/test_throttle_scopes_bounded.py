@@ -22,9 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from producers import Producer
 from tests.conftest import Sandbox, Worker, free_port, wait_until, worker_env
 from tests.queue_helpers import event, wait_idle
+from worker.cluster_state import read_cluster_state
 from worker.keys import THROTTLE_SCOPES
-from worker.status import collect
-from worker.throttle import TRACKED_SCOPES_MAX
+from worker.throttle.budget import TRACKED_SCOPES_MAX
 
 pytestmark = pytest.mark.integration
 
@@ -127,9 +127,9 @@ def test_5000_store_scopes_leave_metrics_and_status_bounded(
 
     # The status read: one fixed set of round trips, whatever the number of stores (the
     # first read also pays the connection's handshake).
-    collect(counting_client, workers=False)
+    read_cluster_state(counting_client)
     CountingConnection.round_trips = 0
-    state = collect(counting_client, workers=False)
+    state = read_cluster_state(counting_client)
     round_trips = CountingConnection.round_trips
     assert set(state["throttle"]) == recent
     assert round_trips <= 12, round_trips

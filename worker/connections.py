@@ -1,8 +1,10 @@
-"""The worker's Redis client (bookkeeping: throttle, dead letters, delayed jobs, markers)."""
+"""The worker's Redis client (bookkeeping: throttle, dead letters, delayed jobs, markers),
+its view of the Redis clock, and how its replies are read."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import redis
 
@@ -38,3 +40,8 @@ def redis_clock() -> RedisClock:
         clock = RedisClock(redis_client())
         _clocks[pid] = clock
     return clock
+
+
+def reply_text(value: Any) -> str:
+    """A Redis reply as text, whether the client decodes responses or not."""
+    return value.decode() if isinstance(value, bytes) else str(value)

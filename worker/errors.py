@@ -3,9 +3,10 @@
     DispatchError (producers.errors)
     ├── InvalidEvent, EnqueueError      producer side, see producers.errors
     └── DeliveryError                   one delivery attempt did not end in a 2xx
-        ├── RetryableError              may heal on its own: 408, 425, 5xx, timeout, connection,
-        │                               a request cut at its deadline
-        ├── PermanentError              will fail the same way again: 400, 401, 403, 404, other 4xx
+        ├── RetryableError              may heal on its own: 408, 409, 425, 5xx, timeout,
+        │                               connection, a request cut at its deadline
+        ├── PermanentError              will fail the same way again: 400, 401, 403, 404,
+        │                               other 4xx
         │   └── RedirectRefused         any 3xx: never followed (it would carry the key elsewhere)
         └── RateLimited                 429: wait for the advertised reset; spends no attempt
     DeadLettered                        ends the Celery task in FAILURE once the job is parked
@@ -17,7 +18,7 @@ reason, the status code and the click_id, never an API key.
 from __future__ import annotations
 
 from producers.errors import DispatchError
-from worker.visible import log_field
+from worker.escaping import log_field
 
 
 class DeliveryError(DispatchError):
@@ -38,7 +39,7 @@ class DeliveryError(DispatchError):
 
 
 class RetryableError(DeliveryError):
-    """Raised when Scalev answered 408, 425 or 5xx, timed out, or could not be reached."""
+    """Raised when Scalev answered 408, 409, 425 or 5xx, timed out, or could not be reached."""
 
 
 class PermanentError(DeliveryError):

@@ -31,8 +31,8 @@ from producers.settings import (
     ProducerSettings,
     env_field,
 )
-from worker.header_values import header_value_problem
-from worker.reasons import KNOWN_REASONS, is_reason
+from worker.deadletter.reasons import KNOWN_REASONS, is_reason
+from worker.delivery.header_values import header_value_problem
 
 __all__ = [
     "DEFAULT_REDIS_URL",
@@ -79,7 +79,8 @@ WEEK = 7 * DAY
 
 
 class Settings(ProducerSettings):
-    # kombu's broker transport takes redis:// and rediss:// (worker.transport), not unix://.
+    # kombu's broker transport takes redis:// and rediss:// (worker.celery_ext.transport),
+    # not unix://.
     REDIS_SCHEMES: ClassVar[tuple[str, ...]] = ("redis", "rediss")
     # kombu's URL parser passes the query as keywords beside the ones it reads from the
     # URL itself: ?password=... made every process die in a TypeError traceback.
@@ -178,9 +179,9 @@ class Settings(ProducerSettings):
     max_redeliveries: int = env_field(5, "SNACKVIDEO_MAX_REDELIVERIES", ge=1, le=100)
     # Each worker consumer refreshes its heartbeat this often and, as often, looks for
     # consumers whose heartbeat is older than dead_after: the jobs those took go back to
-    # the queue at once (worker.ownership), long before the visibility timeout. At least
-    # 0.1 s (each beat is a Redis call); at most a minute, or a dead worker's jobs wait
-    # minutes; dead_after at most 10 minutes, and 3 beats at least (checked below).
+    # the queue at once (worker.celery_ext.ownership), long before the visibility timeout.
+    # At least 0.1 s (each beat is a Redis call); at most a minute, or a dead worker's jobs
+    # wait minutes; dead_after at most 10 minutes, and 3 beats at least (checked below).
     consumer_heartbeat_seconds: float = env_field(
         2.0, "SNACKVIDEO_CONSUMER_HEARTBEAT_SECONDS", ge=0.1, le=60
     )
@@ -221,7 +222,8 @@ class Settings(ProducerSettings):
     # Retry-After (the benchmark's baseline); never meant for production.
     throttle_enabled: bool = env_field(True, "SNACKVIDEO_THROTTLE")
     # Celery's own "Task ... received" / "Task ... succeeded in" INFO lines, one pair per
-    # delivery on top of our outcome= line; off drops just those two (worker.celery_logs).
+    # delivery on top of our outcome= line; off drops just those two
+    # (worker.celery_ext.quiet_task_logs).
     celery_task_log: bool = env_field(False, "SNACKVIDEO_CELERY_TASK_LOG")
     # Celery task events feed Flower. They cost ~1.6 PUBLISH round trips and roughly a
     # fifth of the worker's CPU per delivery (docs/benchmarks.md); a deployment that

@@ -1,4 +1,6 @@
-"""The Celery task ``snackvideo.deliver``: a thin adapter from messages to the Dispatcher."""
+"""The Celery tasks, thin adapters from messages to the domain: ``snackvideo.deliver``
+(``worker.delivery.dispatcher``) and beat's ``snackvideo.redrive``
+(``worker.deadletter.redrive``)."""
 
 from __future__ import annotations
 
@@ -11,14 +13,16 @@ from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
 from producers.keys import DELIVER_TASK
-from worker import metrics
-from worker.app import app
 from worker.bounded_json import bounded_json
+from worker.celery_app import app
 from worker.connections import redis_client, redis_clock
-from worker.delivery import Dispatcher
+from worker.deadletter.redrive import Redriver
+from worker.delivery.dispatcher import Dispatcher
+from worker.delivery.internal_errors import TRANSIENT_REDIS_ERRORS
+from worker.delivery.scalev import ScalevClient
 from worker.errors import DeadLettered
-from worker.internal_errors import TRANSIENT_REDIS_ERRORS
-from worker.scalev import ScalevClient
+from worker.keys import REDRIVE_TASK
+from worker.metrics import recording as metrics
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -59,7 +63,7 @@ def _fresh_dispatcher_after_fork(**_: Any) -> None:
     # Expected: logged as a one-line INFO by Celery, shown by Flower under failed tasks.
     throws=(DeadLettered,),
     # A body Celery cannot unpack would kill the consumer: dead-letter it first.
-    Strategy="worker.strategy:guarded",
+    Strategy="worker.celery_ext.body_guard:guarded",
 )
 def deliver(self: Any, *args: Any, **kwargs: Any) -> str:
     # kombu flags a message it restored (a lost ack, a dead worker, a requeue): if this
@@ -74,7 +78,7 @@ def deliver(self: Any, *args: Any, **kwargs: Any) -> str:
                 args, kwargs, task_id=self.request.id, redelivered=redelivered
             )
         except SoftTimeLimitExceeded:
-            # The run outlived its soft limit (worker.app; prefork only): it still ends in
+            # The run outlived its soft limit (worker.celery_app; prefork only): it ends in
             # an outcome, the job parked with backoff. The hard limit would requeue it.
             log.warning("soft time limit: parking job %s", kwargs.get("job_id"))
             outcome = dispatcher.cut_short(kwargs, "task run exceeded its soft time limit")
@@ -110,3 +114,12 @@ def deliver(self: Any, *args: Any, **kwargs: Any) -> str:
     )
     metrics.record_outcome("lost", None)
     raise Reject("the job could not be dead-lettered; logged as outcome=lost", requeue=False)
+
+
+@app.task(name=REDRIVE_TASK, ignore_result=True, acks_late=False)
+def redrive(**_: Any) -> str:
+    # acks_late=False: a run lost with its worker is simply the next run's work; redelivering
+    # it after the visibility timeout would only add a stale run.
+    report = Redriver.from_settings(get_settings(), redis_client()).run()
+    logging.getLogger("snackvideo.redrive").info("redrive %s", report)
+    return str(report)

@@ -87,6 +87,7 @@ def _exit_on_click(prefix: str) -> Callable[[ModuleType], None]:
 
 
 if SEAM in ("exit_after_park", "kill_after_park"):
-    sys.meta_path.insert(0, _PatchOnImport("worker.scheduler", _after_park))
+    sys.meta_path.insert(0, _PatchOnImport("worker.delayed.store", _after_park))
 elif SEAM.startswith("exit_on_click:"):
-    sys.meta_path.insert(0, _PatchOnImport("worker.scalev", _exit_on_click(SEAM.split(":", 1)[1])))
+    patch = _exit_on_click(SEAM.split(":", 1)[1])
+    sys.meta_path.insert(0, _PatchOnImport("worker.delivery.scalev", patch))

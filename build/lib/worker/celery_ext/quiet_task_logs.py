@@ -1,0 +1,56 @@
+"""Celery's two per-task INFO lines, dropped unless ``SNACKVIDEO_CELERY_TASK_LOG=on``.
+
+For every delivery Celery logs ``Task snackvideo.deliver[<id>] received`` (the main
+process, logger ``celery.worker.strategy``) and ``Task snackvideo.deliver[<id>] succeeded
+in 0.01s: 'delivered status=204'`` (the pool child, ``celery.app.trace``), on top of our
+own ``outcome=`` line, which says all of that and more. Writing them cost 0.45 ms of
+worker CPU per event in the benchmark (docs/benchmarks.md, ``quiet_logs``).
+
+Only those two messages are dropped, matched by Celery's format strings. Everything else
+those loggers say stays: retries (``Task ... retry: ...``), failures (``raised expected:
+DeadLettered(...)``, which tests and operators grep), rejections, errors. Lowering the
+loggers' level instead would drop the INFO-level failure lines too.
+
+The filter sits on the two loggers themselves, installed when Celery has set up logging
+in the main process (``after_setup_logger``): prefork children are forked from it and
+inherit it, and a child that starts otherwise (spawn) installs it again on
+``worker_process_init``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.app.trace import LOG_RECEIVED, LOG_SUCCESS
+from celery.signals import after_setup_logger, worker_process_init
+
+from worker.settings import get_settings
+
+#: The loggers Celery writes the two lines to.
+PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+_DROPPED = (LOG_RECEIVED, LOG_SUCCESS)
+
+
+class DropPerTaskLines(logging.Filter):
+    """Drops Celery's "received" and "succeeded" lines; lets every other record through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in _DROPPED
+
+
+def install() -> None:
+    """Put the filter on both loggers (once, however often it is called)."""
+    for name in PER_TASK_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropPerTaskLines) for f in logger.filters):
+            logger.addFilter(DropPerTaskLines())
+
+
+def _install_unless_wanted(**_: Any) -> None:
+    if not get_settings().celery_task_log:
+        install()
+
+
+after_setup_logger.connect(_install_unless_wanted, weak=False)
+worker_process_init.connect(_install_unless_wanted, weak=False)

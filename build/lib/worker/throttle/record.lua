@@ -1,0 +1,164 @@
+-- keys=[state, in_flight, scopes, delivered?] args=[now, token, acquired_at, rate_limited, limit, remaining, reset_in, reset_resolution, retry_after, fallback_window_seconds, ttl_seconds, scope, delivered_ttl_seconds | "", scopes_max]
+-- Releases a slot taken by acquire.lua and learns from the response's headers.
+-- After a 2xx the dispatcher also passes the job's delivered-marker key (`delivered`) and
+-- its TTL: the marker is set in this same call, so a delivery's bookkeeping after the
+-- POST is one round trip (the done-check in worker/keys.py). It is written first: Redis
+-- does not roll back a script that fails halfway, and the marker matters more than what
+-- the headers teach.
+-- Header values arrive parsed (worker/throttle/headers.py): numbers, or "" when a header was
+-- missing or unreadable, in which case the last known state stands. Times are seconds on
+-- the Redis clock (blank `now`: TIME; see acquire.lua); `reset_in` is relative.
+-- The state hash layout is documented in worker/keys.py.
+if ARGV[13] and ARGV[13] ~= '' then
+  redis.call('SET', KEYS[4], '1', 'EX', math.floor(tonumber(ARGV[13])))
+end
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+-- Counted before our own token goes: how many answers may still be racing this one.
+local in_flight_before = redis.call('ZCARD', KEYS[2])
+if ARGV[2] ~= '' then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+end
+local acquired_at = tonumber(ARGV[3]) or now
+local rate_limited = ARGV[4] == '1'
+local h_limit, h_remaining, h_reset_in = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local resolution = tonumber(ARGV[8]) or 1
+local retry_after = tonumber(ARGV[9])
+local fallback_window = tonumber(ARGV[10])
+local ttl_ms = math.floor(tonumber(ARGV[11]) * 1000)
+
+local flat = redis.call('HGETALL', KEYS[1])
+local s = {}
+for i = 1, #flat, 2 do s[flat[i]] = flat[i + 1] end
+local function num(field) return tonumber(s[field]) end
+local limit, remaining, reset_at = num('limit'), num('remaining'), num('reset_at')
+local window_s, window_bound = num('window_s'), num('window_bound')
+local started, opened = num('window_started_at') or 0, num('window_opened_at')
+local blocked_until = num('blocked_until')
+local provisional = s['provisional'] == '1'
+
+if h_limit then
+  if limit ~= h_limit then window_bound = nil end  -- a new policy: relearn its window
+  limit = h_limit
+end
+if h_remaining and limit and h_remaining > limit then h_remaining = limit end
+local reset_hint = h_reset_in and (now + h_reset_in)  -- no earlier than the true reset
+local informative = h_remaining ~= nil or reset_hint ~= nil
+local tracked = remaining ~= nil and reset_at ~= nil
+
+-- Is this the answer of a later server window than the one we track? Either the server's
+-- count went back up by more than reordered answers could explain, or its reset is later
+-- than rounding could explain.
+local new_window = false
+if informative then
+  if not tracked then
+    new_window = true
+  elseif h_remaining and h_remaining - remaining > in_flight_before then
+    new_window = true
+  elseif reset_hint and not provisional and reset_hint > reset_at + resolution + 0.05 then
+    new_window = true
+  end
+end
+
+if new_window then
+  if tracked and opened and not provisional then
+    -- We saw the old window open (at `opened` or later) and now saw it over (by `now`):
+    -- on a server that starts a window at its first request, the window is no longer.
+    local bound = now - opened
+    if not window_bound or bound < window_bound then window_bound = bound end
+  end
+  remaining = h_remaining or (limit and math.max(limit - 1, 0))
+  -- A provisional refill lasts window_s: never shorter than a fresh window has announced.
+  if h_reset_in and (not window_s or h_reset_in > window_s) then window_s = h_reset_in end
+  reset_at = reset_hint or (now + (window_s or fallback_window))
+  started, opened, provisional = acquired_at, nil, false
+  -- The pace set for the old window (or the default rate) says nothing about this one.
+  redis.call('HDEL', KEYS[1], 'next_slot_at')
+elseif tracked and acquired_at < started then
+  -- Sent before the tracked window began: its numbers describe the window before. It may
+  -- still have landed after the rollover, so count it against this one.
+  remaining = math.max(remaining - 1, 0)
+elseif tracked then
+  if h_remaining then
+    -- Answers race each other: the lowest count seen in a window is the freshest.
+    remaining = math.min(remaining, h_remaining)
+  else
+    remaining = math.max(remaining - 1, 0)  -- no count given: assume it cost one
+  end
+  if reset_hint then
+    if provisional then
+      reset_at, provisional = reset_hint, false
+    else
+      reset_at = math.min(reset_at, reset_hint)
+    end
+  end
+end
+
+-- The answer to the request that opened the window (it left limit - 1). Its reset is the
+-- tightest the server gives; whole-second resets are rounded up, so the learned window
+-- bound may pull it earlier, by less than one rounding step.
+if limit and h_remaining == limit - 1 and reset_hint and not opened
+    and (new_window or acquired_at >= started) then
+  opened = acquired_at
+  window_s = h_reset_in
+  -- The window began no earlier than this request left and ends no later than the
+  -- announced reset: its length is at most the difference.
+  local bound = reset_hint - acquired_at
+  if not window_bound or bound < window_bound then window_bound = bound end
+  local tight = reset_hint
+  if window_bound then
+    tight = math.max(reset_hint - resolution, math.min(reset_hint, now + window_bound))
+  end
+  reset_at = math.min(reset_at or tight, tight)
+end
+
+local stale = (not new_window) and acquired_at < started
+if rate_limited then
+  redis.call('HINCRBY', KEYS[1], 'rate_limited', 1)
+  window_bound = nil  -- our window model let a request through too early: relearn it
+  if not stale then
+    local block = retry_after or h_reset_in
+    if not block and reset_at and reset_at > now then block = reset_at - now end
+    block = block or window_s or fallback_window
+    if not blocked_until or now + block > blocked_until then blocked_until = now + block end
+    remaining = 0
+    if not reset_at or reset_at < blocked_until then reset_at = blocked_until end
+  end
+end
+
+local function fmt(x) return string.format('%.6f', x) end
+local fields = {
+  limit = limit, remaining = remaining, reset_at = reset_at and fmt(reset_at),
+  window_s = window_s and fmt(window_s), window_bound = window_bound and fmt(window_bound),
+  window_started_at = fmt(started), window_opened_at = opened and fmt(opened),
+  blocked_until = blocked_until and fmt(blocked_until),
+  provisional = provisional and 1 or nil, updated_at = fmt(now),
+}
+local names = {'limit', 'remaining', 'reset_at', 'window_s', 'window_bound',
+  'window_started_at', 'window_opened_at', 'blocked_until', 'provisional', 'updated_at'}
+for _, name in ipairs(names) do
+  if fields[name] ~= nil then
+    redis.call('HSET', KEYS[1], name, fields[name])
+  else
+    redis.call('HDEL', KEYS[1], name)
+  end
+end
+-- The spread was paced over the window as acquire knew it. An answer that ends the window
+-- sooner (the server's reset replacing a provisional guess, a day-long reset replaced by
+-- a second) leaves a next slot past the window's end: a stall the server never asked for.
+local next_slot_at = num('next_slot_at')
+if next_slot_at and reset_at and next_slot_at > reset_at then
+  redis.call('HDEL', KEYS[1], 'next_slot_at')
+end
+redis.call('PEXPIRE', KEYS[1], ttl_ms)
+-- The scope index, by last answer: only the most recent scopes_max scopes whose state
+-- still lives. With one scope per store, producers choose the scopes; without the trim
+-- the index, and what `snackvideo status` and every /metrics scrape read, would grow
+-- with every store id ever seen.
+redis.call('ZADD', KEYS[3], now, ARGV[12])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (now - ttl_ms / 1000))
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[14]) + 1))
+return 1
