@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 
+from harness.waiting import SETTLE_SECONDS
 from producers import Producer
 from producers.keys import DELIVERY_QUEUE
 from tests.conftest import PYTHON, ROOT, STORE, STORE_KEY, Sandbox, Worker, wait_until, worker_env
@@ -26,7 +27,6 @@ from worker.cli.dlq import UsageError, parse_duration
 from worker.deadletter.store import DeadLetter, DeadLetterStore
 
 SNACKVIDEO = str(Path(PYTHON).parent / "snackvideo")
-SETTLE_SECONDS = 60.0
 
 
 def run(
