@@ -17,6 +17,7 @@ from typing import Any
 from harness.errors import HarnessError
 from harness.events import PURCHASE, event
 from harness.paths import PYTHON, ROOT
+from harness.ports import free_port
 from harness.proc import child_pids, cpu_seconds, load_average, rss_kib
 from harness.redis_server import RedisServer, redis_server_binary
 from harness.sandbox import Sandbox
@@ -26,7 +27,7 @@ from harness.worker import worker_env as harness_worker_env
 
 __all__ = [
     "PYTHON", "ROOT", "RedisServer", "Sandbox", "Worker", "child_pids", "cpu_seconds",
-    "load_average", "redis_server_binary", "rss_kib", "wait_until",
+    "free_port", "load_average", "redis_server_binary", "rss_kib", "wait_until",
 ]  # fmt: skip
 
 STORE = "store_bench"
