@@ -10,13 +10,15 @@ from typing import Any
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def stop_process(process: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM) -> None:
-    """Signal ``process`` and reap it; SIGKILL if it is still there 10 s later."""
+def stop_process(
+    process: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM, grace_seconds: float = 10.0
+) -> None:
+    """Signal ``process`` and reap it; SIGKILL if it is still there ``grace_seconds`` later."""
     if process is None or process.poll() is not None:
         return
     process.send_signal(sig)
     try:
-        process.wait(10)
+        process.wait(grace_seconds)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()

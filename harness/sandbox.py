@@ -85,8 +85,9 @@ class Sandbox:
     def reset(self) -> None:
         self.http.post(f"{self.base_url}/_sandbox/reset", timeout=10).raise_for_status()
 
-    def stop(self) -> None:
+    def stop(self, grace_seconds: float = 10.0) -> None:
+        """SIGTERM; SIGKILL if it is still there after ``grace_seconds``."""
         self.http.close()
-        stop_process(self.process)
+        stop_process(self.process, grace_seconds=grace_seconds)
         if self.process is not None and self.process.stdout is not None:
             self.process.stdout.close()

@@ -32,8 +32,22 @@ __all__ = [
 STORE = "store_abc"
 STORE_KEY = "pk_test_3f9a2c71e5b84d06"
 
+#: How long a part gets to exit on SIGTERM at teardown before SIGKILL.
+TEARDOWN_GRACE_SECONDS = 2.0
+
 Sandbox = _Sandbox
 Worker = _worker.Worker
+
+
+#: Fixtures that start a celery worker: a test that asks for one is an integration test,
+#: whatever its module says (make test-fast leaves integration tests out).
+WORKER_FIXTURES = frozenset({"start_worker"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if WORKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 def _no_redis(exc: NoRedisServer) -> NoReturn:
@@ -124,7 +138,7 @@ def start_sandbox() -> Iterator[Callable[..., Sandbox]]:
 
     yield start
     for sandbox in started:
-        sandbox.stop()
+        sandbox.stop(grace_seconds=TEARDOWN_GRACE_SECONDS)
 
 
 @pytest.fixture
@@ -160,7 +174,9 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
         name = f"w{len(started)}"
         worker = Worker(
             "worker",
-            env,
+            # Its own temporary folder: two xdist workers may each run a "w0" at once, and a
+            # worker's default metrics folder is named after its node name.
+            {"TMPDIR": str(tmp_path), **env},
             pool=pool,
             concurrency=concurrency,
             hostname=f"{name}@%h",
@@ -175,5 +191,7 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
         return worker
 
     yield start
+    # The test is over: nothing is asserted about how these end, so no warm shutdown (about
+    # 2 s each). A test about shutting down signals its worker itself.
     for worker in started:
-        worker.stop()
+        worker.kill()

@@ -26,6 +26,8 @@ from tests.queue_helpers import event, queued
 from worker.cli.dlq import UsageError, parse_duration
 from worker.deadletter.store import DeadLetter, DeadLetterStore
 
+pytestmark = pytest.mark.processes
+
 SNACKVIDEO = str(Path(PYTHON).parent / "snackvideo")
 
 
