@@ -15,9 +15,10 @@ install: $(STAMP)
 
 # The suite mostly waits on the processes it starts (workers, Redis, the sandbox), so it
 # runs on more xdist workers than the machine has cores; PYTEST_WORKERS overrides.
-# worksteal: the long fault tests do not hold up a worker's queue of short ones.
+# loadgroup: the fault tests (xdist_group "faults", tests/conftest.py) run one at a time
+# on one xdist worker; every other test goes wherever a worker is free.
 PYTEST_WORKERS ?= 4
-PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist worksteal
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: $(STAMP)
 	$(BIN)/ruff check .

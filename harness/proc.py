@@ -24,16 +24,26 @@ def stop_process(
         process.wait()
 
 
-def rss_kib(pid: int) -> int:
-    """Resident set size of one process (VmRSS), 0 if it is gone."""
+def _kib_field(path: str, name: str) -> int:
+    """The ``name:`` line of a /proc file, in KiB; 0 if the process is gone."""
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        with open(path, encoding="ascii") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(name):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of one process (VmRSS), 0 if it is gone."""
+    return _kib_field(f"/proc/{pid}/status", "VmRSS:")
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size (pages shared by N processes count 1/N), 0 if it is gone."""
+    return _kib_field(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -44,10 +44,18 @@ Worker = _worker.Worker
 WORKER_FIXTURES = frozenset({"start_worker"})
 
 
+#: Under ``--dist loadgroup`` (make test) the fault tests run one after another on one xdist
+#: worker: each kills workers or stops Redis and then waits on real recovery times, which
+#: the other fault tests' CPU bursts would stretch. The rest of the suite runs beside them.
+FAULT_GROUP = "faults"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if WORKER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+        if item.path.name.startswith("test_fault_"):
+            item.add_marker(pytest.mark.xdist_group(FAULT_GROUP))
 
 
 def _no_redis(exc: NoRedisServer) -> NoReturn:
