@@ -28,19 +28,30 @@ def redis_server_binary() -> str:
 class RedisServer:
     """A redis-server on a free port of 127.0.0.1, its files in ``workdir``.
 
-    Without ``workdir`` it works in a scratch folder that ``stop`` removes. ``appendonly``
+    Without ``workdir`` it works in a scratch folder that ``remove`` deletes. ``appendonly``
     as in production (AOF, fsync once a second) for what must survive a restart or must
     include that cost in a measurement.
     """
 
-    def __init__(self, workdir: Path | None = None, *, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        *,
+        appendonly: bool = False,
+        password: str | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.binary = redis_server_binary()
         self.port = free_port()
         self.owns_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="snackvideo-redis-"))
         self.appendonly = appendonly
+        self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        # The default user's password (--requirepass, or set by an --aclfile in
+        # extra_args): the URL the owner itself connects with.
+        auth = f":{password}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
         self._client: redis.Redis | None = None
 
     def start(self) -> RedisServer:
@@ -55,6 +66,7 @@ class RedisServer:
             "--appendfsync", "everysec",
             "--maxmemory-policy", "noeviction",
             "--logfile", str(self.workdir / "redis.log"),
+            *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         probe = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)

@@ -50,6 +50,7 @@ class Worker:
     """``celery -A app worker`` in its own process group; its log goes to ``log_path``.
 
     Without a ``log_path`` the log goes to a scratch folder that ``cleanup`` removes.
+    Another celery command (beat, flower) is a subclass with its own ``arguments``.
     """
 
     app: str
@@ -62,13 +63,16 @@ class Worker:
     log_path: Path = field(default_factory=_scratch_log)
     process: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait_ready: bool = True, ready_timeout: float = 60.0) -> Worker:
-        """Start it; with ``wait_ready``, return once it logged `` ready.``."""
-        args = [
-            PYTHON, "-m", "celery", "-A", self.app, "worker",
-            "--pool", self.pool, "--concurrency", str(self.concurrency),
+    def arguments(self) -> list[str]:
+        """The command line after ``python -m celery -A app``."""
+        return [
+            "worker", "--pool", self.pool, "--concurrency", str(self.concurrency),
             "--hostname", self.hostname, "--loglevel", self.loglevel, *self.extra_args,
         ]  # fmt: skip
+
+    def start(self, wait_ready: bool = True, ready_timeout: float = 60.0) -> Worker:
+        """Start it; with ``wait_ready``, return once it logged `` ready.``."""
+        args = [PYTHON, "-m", "celery", "-A", self.app, *self.arguments()]
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(
                 args,
@@ -135,3 +139,13 @@ class Worker:
         self.stop()
         if self.log_path.parent.name.startswith("snackvideo-worker-"):
             shutil.rmtree(self.log_path.parent, ignore_errors=True)
+
+
+@dataclass
+class Beat(Worker):
+    """``celery -A app beat`` in its own process group, with its own schedule file."""
+
+    schedule_path: Path = field(default_factory=lambda: _scratch_log().with_name("schedule"))
+
+    def arguments(self) -> list[str]:
+        return ["beat", "--loglevel", self.loglevel, "--schedule", str(self.schedule_path)]
