@@ -49,14 +49,20 @@ def workers_seen(timeout: float = 1.0) -> list[str]:
 def cmd_status(args: argparse.Namespace) -> int:
     try:
         state = read_cluster_state(redis_client())
-        state["workers"] = workers_seen(args.timeout)
     except redis.RedisError as exc:
         print(f"error: cannot read Redis: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(state, indent=2, sort_keys=True))
-        return 0
-    print(format_table(state))
+    ping_error = None
+    try:
+        state["workers"] = workers_seen(args.timeout)
+    except redis.RedisError as exc:
+        # The ping writes its reply queue, which a replica refuses (READONLY): show what
+        # was read, its "role=replica" first, rather than nothing.
+        ping_error = exc
+    print(json.dumps(state, indent=2, sort_keys=True) if args.json else format_table(state))
+    if ping_error is not None:
+        print(f"error: cannot ping the workers: {ping_error}", file=sys.stderr)
+        return 1
     return 0
 
 
