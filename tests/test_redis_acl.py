@@ -179,13 +179,23 @@ def test_worker_and_beat_deliver_and_the_operator_reads_without_writing(
     listed = snackvideo(operator_url, "dlq", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     [entry] = json.loads(listed.stdout)
-    shown = snackvideo(operator_url, "dlq", "show", entry["id"])
-    assert shown.returncode == 0, shown.stderr
+    for args in (["dlq", "show", entry["id"]], ["dlq", "stats"]):
+        done = snackvideo(operator_url, *args)
+        assert done.returncode == 0, done.stderr
     assert refusals(admin, "snackvideo-operator") == []
 
-    # Writing is refused: a replay, and any write of the project's or kombu's keys.
-    replay = snackvideo(operator_url, "dlq", "replay", entry["id"])
-    assert replay.returncode != 0
+    # Writing is refused: a replay, a purge, an enqueue, and any write of the project's
+    # or kombu's keys.
+    for args in (["dlq", "replay", entry["id"]], ["dlq", "purge", entry["id"], "--yes"]):
+        done = snackvideo(operator_url, *args)
+        assert done.returncode != 0 and "Traceback" not in done.stderr, (args, done.stderr)
+    enqueue = subprocess.run(
+        [SNACKVIDEO, "enqueue", "--store", STORE, "-"],
+        input=json.dumps(event("acl-op-enqueue")),
+        cwd=ROOT, env=worker_env(operator_url, "http://127.0.0.1:1"),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert enqueue.returncode != 0, enqueue.stdout
     operator = redis.Redis.from_url(operator_url)
     for call in (
         lambda: operator.lpush("snackvideo", "x"),
