@@ -3,10 +3,11 @@
 A redis-server starts with that file as its ``--aclfile`` (each line plus a password, as
 docs/operations.md tells an operator to do). Under its own user a real worker, with
 mingle and gossip as the Procfile runs it, a beat and Flower deliver, retry, park,
-dead-letter, redrive, serve /metrics and show the tasks; a producer enqueues and may do nothing else; an operator runs
-``snackvideo status`` and ``dlq list``/``show`` and cannot write. ``ACL LOG`` must hold
-no refusal but the ones a test provokes on purpose: a command or key the file forgot
-would show there even where the code swallowed the error.
+dead-letter, redrive, serve /metrics and show the tasks; a producer enqueues and may do
+nothing else; an operator runs ``snackvideo status`` and ``dlq list``/``show``/``stats``
+and cannot write. ``ACL LOG`` must hold no refusal but the ones a test provokes on
+purpose: a command or key the file forgot would show there even where the code
+swallowed the error.
 """
 
 from __future__ import annotations
