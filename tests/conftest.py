@@ -24,6 +24,7 @@ from scripts.redis_binary import redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+SNACKVIDEO = str(Path(PYTHON).parent / "snackvideo")
 STORE = "store_abc"
 STORE_KEY = "pk_test_3f9a2c71e5b84d06"
 
@@ -268,6 +269,16 @@ def worker_env(redis_url: str, base_url: str, **overrides: str) -> dict[str, str
     return env
 
 
+def snackvideo(
+    env: dict[str, str], *args: str, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """The installed ``snackvideo`` command, run as an operator runs it."""
+    return subprocess.run(
+        [SNACKVIDEO, *args], input=stdin, cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+
+
 class Worker:
     """A real ``celery -A worker worker`` process group."""
 
@@ -346,13 +357,8 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
         worker.stop()
 
 
-class Beat:
-    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
-        self.process = process
-        self.log_path = log_path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+class Beat(Worker):
+    """A real ``celery -A worker beat`` process group."""
 
 
 @pytest.fixture
@@ -368,6 +374,7 @@ def start_beat(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Beat]]:
                 [PYTHON, "-m", "celery", "-A", "worker", "beat", "--loglevel", "INFO",
                  "--schedule", str(tmp_path / f"{name}-schedule")],
                 cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True,
             )  # fmt: skip
         beat = Beat(process, log_path)
         started.append(beat)
@@ -375,10 +382,4 @@ def start_beat(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Beat]]:
 
     yield start
     for beat in started:
-        if beat.process.poll() is None:
-            beat.process.terminate()
-            try:
-                beat.process.wait(20)
-            except subprocess.TimeoutExpired:
-                beat.process.kill()
-                beat.process.wait()
+        beat.stop()

@@ -27,7 +27,6 @@ import requests
 from producers import Producer
 from scripts.redis_binary import redis_server_binary
 from tests.conftest import (
-    PYTHON,
     ROOT,
     STORE,
     Beat,
@@ -35,6 +34,7 @@ from tests.conftest import (
     Sandbox,
     Worker,
     free_port,
+    snackvideo,
     wait_until,
     worker_env,
 )
@@ -49,7 +49,6 @@ pytestmark = pytest.mark.integration
 
 ACL_FILE = ROOT / "deploy" / "redis" / "acl.conf"
 OPERATIONS_DOC = ROOT / "docs" / "operations.md"
-SNACKVIDEO = str(Path(PYTHON).parent / "snackvideo")
 ADMIN_PASSWORD = "acl-admin-pw-4Zr8"
 #: The roles of acl.conf and the password the test gives each.
 PASSWORDS = {
@@ -103,11 +102,9 @@ def refusals(admin: redis.Redis, role: str) -> list[dict[str, Any]]:
     return [entry for entry in admin.acl_log(count=1000) if entry["username"] == role]
 
 
-def snackvideo(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = worker_env(url, "http://127.0.0.1:1")
-    return subprocess.run(
-        [SNACKVIDEO, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
+def as_user(url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """``snackvideo ARGS`` with ``REDIS_URL=url``."""
+    return snackvideo(worker_env(url, "http://127.0.0.1:1"), *args, stdin=stdin)
 
 
 def test_the_docs_show_the_acl_file_as_it_is() -> None:
@@ -145,7 +142,7 @@ def test_the_producer_role_enqueues_and_can_do_nothing_else(acl_redis: RedisServ
             call()
     client.close()
     # The CLI's reading commands are refused as well, with the CLI's own one line.
-    done = snackvideo(url, "dlq", "list")
+    done = as_user(url, "dlq", "list")
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     assert PASSWORDS["snackvideo-producer"] not in done.stdout + done.stderr
@@ -197,32 +194,29 @@ def test_worker_and_beat_deliver_and_the_operator_reads_without_writing(
     assert 'role="master"' in metrics
 
     operator_url = role_url(acl_redis, "snackvideo-operator")
-    state_done = snackvideo(operator_url, "status", "--json", "--timeout", "3")
+    state_done = as_user(operator_url, "status", "--json", "--timeout", "3")
     assert state_done.returncode == 0, state_done.stderr
     state = json.loads(state_done.stdout)
     assert state["workers"] and state["redis"]["role"] == "master"
     assert state["dead_letters_by_reason"] == {"no_api_key": 1}
-    table = snackvideo(operator_url, "status")
+    table = as_user(operator_url, "status")
     assert table.returncode == 0, table.stderr
-    listed = snackvideo(operator_url, "dlq", "list", "--json")
+    listed = as_user(operator_url, "dlq", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     [entry] = json.loads(listed.stdout)
     for args in (["dlq", "show", entry["id"]], ["dlq", "stats"]):
-        done = snackvideo(operator_url, *args)
+        done = as_user(operator_url, *args)
         assert done.returncode == 0, done.stderr
     assert refusals(admin, "snackvideo-operator") == []
 
     # Writing is refused: a replay, a purge, an enqueue, and any write of the project's
     # or kombu's keys.
     for args in (["dlq", "replay", entry["id"]], ["dlq", "purge", entry["id"], "--yes"]):
-        done = snackvideo(operator_url, *args)
+        done = as_user(operator_url, *args)
         assert done.returncode != 0 and "Traceback" not in done.stderr, (args, done.stderr)
-    enqueue = subprocess.run(
-        [SNACKVIDEO, "enqueue", "--store", STORE, "-"],
-        input=json.dumps(event("acl-op-enqueue")),
-        cwd=ROOT, env=worker_env(operator_url, "http://127.0.0.1:1"),
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    enqueue = as_user(
+        operator_url, "enqueue", "--store", STORE, "-", stdin=json.dumps(event("acl-op-enqueue"))
+    )
     assert enqueue.returncode != 0, enqueue.stdout
     operator = redis.Redis.from_url(operator_url)
     for call in (
@@ -237,8 +231,7 @@ def test_worker_and_beat_deliver_and_the_operator_reads_without_writing(
     assert admin.hexists(DLQ_ENTRIES, entry["id"])
 
     worker.stop()
-    beat.process.terminate()
-    beat.process.wait(20)
+    beat.stop()
     flower.stop()
     # Nothing the worker, beat, Flower or /metrics did (stopping included) was refused.
     assert refusals(admin, "snackvideo-worker") == [], worker.log()

@@ -12,9 +12,7 @@ wrong password gives.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import redis
@@ -22,14 +20,13 @@ import requests
 
 from producers import EnqueueError, Producer
 from tests.conftest import (
-    PYTHON,
-    ROOT,
     STORE,
     Beat,
     RedisServer,
     Sandbox,
     Worker,
     free_port,
+    snackvideo,
     wait_until,
     worker_env,
 )
@@ -43,13 +40,6 @@ from worker.keys import delivered_key
 pytestmark = pytest.mark.integration
 
 PASSWORD = "requirepass-planted-6Vd9"
-SNACKVIDEO = str(Path(PYTHON).parent / "snackvideo")
-
-
-def snackvideo(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [SNACKVIDEO, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,13 +21,12 @@ import redis
 
 from producers import Producer
 from tests.conftest import (
-    PYTHON,
-    ROOT,
     STORE,
     STORE_KEY,
     RedisServer,
     Sandbox,
     Worker,
+    snackvideo,
     wait_until,
     worker_env,
 )
@@ -39,7 +37,6 @@ from worker.keys import DELIVERY_QUEUE, delivered_key
 
 pytestmark = pytest.mark.integration
 
-SNACKVIDEO = str(Path(PYTHON).parent / "snackvideo")
 #: A store the sandbox knows but the first worker has no key for: its jobs dead-letter.
 LATE_STORE, LATE_KEY = "store_late", "pk_test_late_51c0"
 
@@ -154,10 +151,7 @@ def test_a_redis_restored_from_copied_files_delivers_every_job(
         what="every queued and parked job delivered",
     )
     delivered_s = time.monotonic() - started
-    replay = subprocess.run(
-        [SNACKVIDEO, "dlq", "replay", "--reason", "no_api_key"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    replay = snackvideo(env, "dlq", "replay", "--reason", "no_api_key")
     assert replay.returncode == 0, replay.stderr
     wait_until(
         lambda: all(client.exists(delivered_key(job)) for job in dead), 60, what="the replays"

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import redis
 
-from tests.conftest import PYTHON, ROOT, RedisServer, wait_until, worker_env
+from tests.conftest import RedisServer, snackvideo, wait_until, worker_env
 from tests.test_status import table_rows
 from worker.cli.status import format_table
 from worker.cluster_state import read_cluster_state
@@ -25,18 +24,10 @@ from worker.metrics.collectors import RedisStateCollector
 pytestmark = pytest.mark.integration
 
 PASSWORD = "role-planted-pw-8Kc5"
-SNACKVIDEO = str(Path(PYTHON).parent / "snackvideo")
 
 
 def status(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [SNACKVIDEO, "status", "--timeout", "1", *args],
-        cwd=ROOT,
-        env=worker_env(url, "http://127.0.0.1:1"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return snackvideo(worker_env(url, "http://127.0.0.1:1"), "status", "--timeout", "1", *args)
 
 
 def samples(client: redis.Redis) -> dict[str, list[tuple[dict[str, str], float]]]:
