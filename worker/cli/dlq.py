@@ -3,9 +3,9 @@
     dlq list   [--reason R] [--store S] [--since DURATION] [--limit N] [--json]
     dlq show   ID [--json]
     dlq stats  [--json]
-    dlq replay (ID... | --all | [--reason R] [--store S]) [--dry-run]
+    dlq replay (ID... | --all | [--reason R] [--store S]) [--dry-run] [--json]
     dlq purge  (ID... | --all | [--reason R] [--store S] [--older-than DURATION])
-               [--dry-run] [--yes]
+               [--dry-run] [--yes] [--json]
 
 An ID is an entry id from ``dlq list`` (``<job_id>-r<n>``, ``<job_id>-r<n>-invalid``) or
 the job id ``enqueue`` printed, which names that job's latest entry. What an entry holds
@@ -15,7 +15,9 @@ came from outside (Scalev's answer, a shop's payload): the tables print it throu
 Exit status: 0 done, 1 an entry named was not there (or the operator declined), 2 a bad
 argument. Replay and purge select their entries first, print what they will touch, then
 take them in one atomic step per chunk (``DeadLetterStore``); an entry another operator or
-the redrive schedule took in between is reported, not replayed twice.
+the redrive schedule took in between is reported, not replayed twice. On a terminal a
+progress line counts the chunks (``worker.cli.progress``); ``--json`` prints the result as
+one object instead of the tables.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from typing import Any
 
 from producers.models import nested_deeper_than
 from worker.bounded_json import kept_raw
+from worker.cli.progress import Progress
 from worker.connections import redis_client
 from worker.deadletter.reasons import KNOWN_REASONS, is_reason
-from worker.deadletter.store import MAX_STORED_DEPTH, DeadLetter, DeadLetterStore
+from worker.deadletter.store import MAX_STORED_DEPTH, SCAN_CHUNK, DeadLetter, DeadLetterStore
 from worker.escaping import visible
 from worker.settings import get_settings
 
@@ -144,6 +147,9 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store")
     parser.add_argument(
         "--dry-run", action="store_true", help="print what would be touched, change nothing"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the result as one JSON object, no progress"
     )
 
 
@@ -343,6 +349,44 @@ def describe(verb: str, entries: Sequence[DeadLetter]) -> None:
         )
 
 
+#: Why an entry selected was not replayed or purged.
+TAKEN_MEANWHILE = "taken meanwhile by another replay or purge"
+
+
+def json_result(
+    action: str, dry_run: bool, entries: Sequence[DeadLetter], gone: Sequence[str] = ()
+) -> str:
+    """What ``--json`` prints: the entries touched (or that would be), and those skipped."""
+    return json.dumps(
+        {
+            "action": action,
+            "dry_run": dry_run,
+            "count": len(entries),
+            "by_reason": dict(Counter(entry.reason for entry in entries)),
+            "by_store": dict(Counter(entry.store_id or "-" for entry in entries)),
+            "ids": [entry.id for entry in entries],
+            "skipped": [{"id": entry_id, "why": TAKEN_MEANWHILE} for entry_id in gone],
+        },
+        indent=2,
+    )
+
+
+def take_in_chunks(
+    take: Callable[[list[DeadLetter]], list[str]], entries: list[DeadLetter], progress: Progress
+) -> list[str]:
+    """``take`` (the store's replay or purge) chunk by chunk, counting on ``progress``."""
+    taken: list[str] = []
+    progress.start()
+    try:
+        for start in range(0, len(entries), SCAN_CHUNK):
+            chunk = entries[start : start + SCAN_CHUNK]
+            taken += take(chunk)
+            progress.advance(len(chunk))
+    finally:
+        progress.clear()
+    return taken
+
+
 def _report_missing(missing: Sequence[str], why: str = f": {ID_FORMS}") -> None:
     for wanted in missing:
         # repr: a pasted id may hold anything, and repr escapes what is not printable.
@@ -357,12 +401,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print("nothing replayed", file=sys.stderr)
         return 1
     if args.dry_run:
-        describe("would replay", entries)
+        if args.json:
+            print(json_result("replay", True, entries))
+        else:
+            describe("would replay", entries)
         return 0
-    taken = set(store.replay(entries))
-    describe("replayed", [entry for entry in entries if entry.id in taken])
+    progress = Progress.on_terminal("replaying", len(entries), json_output=args.json)
+    taken = set(take_in_chunks(store.replay, entries, progress))
+    replayed = [entry for entry in entries if entry.id in taken]
     gone = [entry.id for entry in entries if entry.id not in taken]
-    _report_missing(gone, " any more (taken meanwhile by another replay or purge)")
+    if args.json:
+        print(json_result("replay", False, replayed, gone))
+    else:
+        describe("replayed", replayed)
+    _report_missing(gone, f" any more ({TAKEN_MEANWHILE})")
     return 1 if gone and args.ids else 0
 
 
@@ -374,21 +426,31 @@ def cmd_purge(args: argparse.Namespace) -> int:
         print("nothing purged", file=sys.stderr)
         return 1
     if args.dry_run:
-        describe("would purge", entries)
+        if args.json:
+            print(json_result("purge", True, entries))
+        else:
+            describe("would purge", entries)
         return 0
-    if not entries:
-        print("purged 0 entries")
-        return 0
-    if not args.yes:
+    if not args.yes and entries:
+        if args.json:
+            raise UsageError("--json cannot ask for confirmation: add --yes (or --dry-run)")
         describe("about to purge", entries)
         if not _confirm(f"Delete {_count(len(entries))} for good? [y/N] "):
             print("nothing purged", file=sys.stderr)
             return 1
-    taken = set(store.purge(entry.id for entry in entries))
-    print(f"purged {_count(len(taken))}")
+    progress = Progress.on_terminal("purging", len(entries), json_output=args.json)
+    taken = set(take_in_chunks(_purge_of(store), entries, progress))
     gone = [entry.id for entry in entries if entry.id not in taken]
-    _report_missing(gone, " any more (taken meanwhile by another replay or purge)")
+    if args.json:
+        print(json_result("purge", False, [e for e in entries if e.id in taken], gone))
+    else:
+        print(f"purged {_count(len(taken))}")
+    _report_missing(gone, f" any more ({TAKEN_MEANWHILE})")
     return 1 if gone and args.ids else 0
+
+
+def _purge_of(store: DeadLetterStore) -> Callable[[list[DeadLetter]], list[str]]:
+    return lambda chunk: store.purge(entry.id for entry in chunk)
 
 
 def _confirm(prompt: str) -> bool:

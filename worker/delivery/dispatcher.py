@@ -453,6 +453,24 @@ class Dispatcher:
     ) -> None:
         self._count(outcome, job, status_code, wait=wait, reason=reason, redelivered=redelivered)
         level = logging.WARNING if outcome == "dead_lettered" else logging.INFO
+        attempt = attempt if attempt is not None else job.attempts
+        click_id = job.payload.get("click_id", "-")
+        # The same fields, typed, for SNACKVIDEO_LOG_FORMAT=json (worker.celery_ext.json_logs).
+        fields: dict[str, object] = {
+            "outcome": outcome,
+            "job_id": job.job_id,
+            "store_id": job.store_id,
+            "click_id": click_id,
+            "status": status_code,
+            "attempt": attempt,
+            "wait": round(wait, 3),
+        }
+        if reason:
+            fields["reason"] = reason
+        if seconds is not None:
+            fields["seconds"] = round(seconds, 3)
+        if redelivered:
+            fields["redelivered"] = True
         # The ids came from a producer: log_field keeps each one a single field of this line
         # (a click_id holding "\nINFO outcome=delivered" forges no second outcome line).
         log.log(
@@ -461,13 +479,14 @@ class Dispatcher:
             outcome,
             log_field(job.job_id),
             log_field(job.store_id),
-            log_field(job.payload.get("click_id", "-")),
+            log_field(click_id),
             status_code if status_code is not None else "-",
-            attempt if attempt is not None else job.attempts,
+            attempt,
             wait,
             f" reason={reason}" if reason else "",
             f" seconds={seconds:.3f}" if seconds is not None else "",
             " redelivered=1" if redelivered else "",
+            extra=fields,
         )
 
     def _count(
