@@ -71,10 +71,11 @@ class Flower:
 
 @pytest.fixture
 def start_flower(tmp_path: Path) -> Iterator[Callable[..., Flower]]:
-    """Factory: ``start_flower(env, *flower_args, url_prefix="")``, as the Procfile runs it."""
+    """Factory: ``start_flower(env, *flower_args, url_prefix="", login=True)``, as the
+    Procfile runs it; ``login=False`` leaves FLOWER_BASIC_AUTH unset."""
     started: list[Flower] = []
 
-    def start(env: dict[str, str], *args: str, url_prefix: str = "") -> Flower:
+    def start(env: dict[str, str], *args: str, url_prefix: str = "", login: bool = True) -> Flower:
         port = free_port()
         log_path = tmp_path / f"flower-{len(started)}.log"
         flower_env = dict(
@@ -84,6 +85,8 @@ def start_flower(tmp_path: Path) -> Iterator[Callable[..., Flower]]:
             FLOWER_PERSISTENT="True",
             FLOWER_DB=str(tmp_path / "flower.db"),
         )
+        if not login:
+            del flower_env["FLOWER_BASIC_AUTH"]
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
                 [PYTHON, "-m", "celery", "-A", "worker", "flower", FLOWER_CONF, *args]
@@ -101,7 +104,8 @@ def start_flower(tmp_path: Path) -> Iterator[Callable[..., Flower]]:
             if process.poll() is not None:
                 pytest.fail(f"flower exited:\n{log_path.read_text(errors='replace')}")
             try:
-                return flower.get("/api/tasks").status_code == 200
+                # Without a login Flower's API answers 401 to everyone: its health check.
+                return flower.get("/api/tasks" if login else "/healthcheck").status_code == 200
             except requests.ConnectionError:
                 return False
 

@@ -155,7 +155,8 @@ def test_the_pages_honour_url_prefix_and_read_only(
     assert page.status_code == 200
     assert 'href="/ops/dead-letters"' in page.text  # Flower's navigation links here
     assert 'href="/ops/dead-letters/job-p-r0"' in page.text
-    assert "Replay</button>" not in page.text  # read-only: no buttons
+    assert "Replay</button>" not in page.text  # read-only: no buttons, and why
+    assert "Flower runs read-only" in page.text
     assert requests.get(f"{flower.origin}/dead-letters", auth=AUTH, timeout=10).status_code == 404
     assert flower.get("/api/dead-letters/job-p").json()["id"] == "job-p-r0"
 
@@ -163,4 +164,21 @@ def test_the_pages_honour_url_prefix_and_read_only(
     assert post(flower, "/api/dead-letters/purge", json={"ids": ["job-p"]}).status_code == 403
     dry = post(flower, "/api/dead-letters/purge", json={"ids": ["job-p"], "dry_run": True})
     assert dry.status_code == 200 and dry.json()["count"] == 1
+    assert len(store) == 1 and redis_client.llen(DELIVERY_QUEUE) == 0
+
+
+def test_without_a_login_configured_the_pages_show_but_nothing_changes(
+    redis_client: redis.Redis,
+    flower_env: dict[str, str],
+    start_flower: Callable[..., Flower],  # noqa: F811
+) -> None:
+    # As Flower's own buttons, which act through its API: no authentication, no actions.
+    store = seed(redis_client, ("job-n", "http_404", "s1"))
+    flower = start_flower(flower_env, login=False)
+    page = flower.get("/dead-letters", auth=None)
+    assert page.status_code == 200 and "job-n-r0" in page.text
+    assert "need Flower&#x27;s login" in page.text and "Replay</button>" not in page.text
+    assert post(flower, "/dead-letters/replay", auth=None, data={"ids": "job-n"}).status_code == 401
+    refused = post(flower, "/api/dead-letters/replay", auth=None, json={"ids": ["job-n"]})
+    assert refused.status_code == 401
     assert len(store) == 1 and redis_client.llen(DELIVERY_QUEUE) == 0

@@ -24,6 +24,11 @@ T = TypeVar("T")
 
 _stores: dict[int, DeadLetterStore] = {}
 
+NEEDS_LOGIN = (
+    "Replay and purge need Flower's login: set FLOWER_BASIC_AUTH=user:password "
+    "(or --auth), or FLOWER_UNAUTHENTICATED_API=true on a trusted machine."
+)
+
 
 class StoreAccess:
     """The dead-letter store of this process, and a way to call it without blocking
@@ -54,11 +59,7 @@ class PageHandler(StoreAccess, BaseHandler):
         # authentication unless FLOWER_UNAUTHENTICATED_API says so (BaseApiHandler.prepare).
         # Our buttons post to these pages: the same rule for every request that changes state.
         if self.request.method != "GET" and not changes_allowed(self):
-            raise tornado.web.HTTPError(
-                401,
-                "set FLOWER_BASIC_AUTH or --auth (or FLOWER_UNAUTHENTICATED_API) "
-                "to replay or purge from Flower",
-            )
+            raise tornado.web.HTTPError(401, NEEDS_LOGIN)
 
     def values(self, *names: str) -> dict[str, str | None]:
         """Request arguments, raw: Flower's ``get_argument`` HTML-escapes by default, and a
@@ -69,9 +70,14 @@ class PageHandler(StoreAccess, BaseHandler):
         """The query string that carries these arguments on (to a preview, a next page)."""
         return urlencode({name: values[name] for name in names if values.get(name)})
 
-    def can_change(self) -> bool:
-        """Whether to show the Replay and Purge buttons (the POST checks again)."""
-        return changes_allowed(self) and not self.application.options.read_only
+    def change_refusal(self) -> str | None:
+        """Why the Replay and Purge buttons are not shown, or None when they are (the
+        POST checks again)."""
+        if self.application.options.read_only:
+            return "Flower runs read-only (--read_only): replay and purge are off."
+        if not changes_allowed(self):
+            return NEEDS_LOGIN
+        return None
 
 
 class ApiHandler(StoreAccess, BaseApiHandler):

@@ -22,6 +22,7 @@ from worker.deadletter.selection import Breakdown, EntryFilter, TakeResult
 from worker.deadletter.store import DeadLetter
 from worker.flower_pages.base import PageHandler
 from worker.flower_pages.query import Choice, FieldError, read_count, read_filter, read_ids
+from worker.keys import entry_id
 
 PAGE_SIZE = 50
 #: Entries a preview lists by id (it counts all of them).
@@ -63,7 +64,7 @@ class DeadLettersPage(PageHandler):
             filters={name: values.get(name) or "" for name in FILTER_FIELDS},
             query=self.query_of(values, FILTER_FIELDS),
             utc_time=utc_time,
-            can_change=self.can_change(),
+            refusal=self.change_refusal(),
         )
 
 
@@ -82,7 +83,7 @@ class DeadLetterPage(PageHandler):
             payload=payload_text(entry.payload),
             lineage=lineage(entry),
             utc_time=utc_time,
-            can_change=self.can_change(),
+            refusal=self.change_refusal(),
         )
 
 
@@ -113,7 +114,7 @@ class TakePage(PageHandler):
             missing=missing,
             ids=choice.ids,
             bounds=_bounds(choice.where),
-            can_change=self.can_change(),
+            refusal=self.change_refusal(),
         )
 
     @tornado.web.authenticated
@@ -164,7 +165,7 @@ class TakePage(PageHandler):
 def lineage(entry: DeadLetter) -> list[tuple[str, str]]:
     """The job's runs, first to this one: each earlier entry left the queue by a replay
     (that is how the replay count grew), and this one is the job's latest failure."""
-    runs = [(f"{entry.job_id}-r{n}", "replayed") for n in range(entry.replay_count)]
+    runs = [(entry_id(entry.job_id, n), "replayed") for n in range(entry.replay_count)]
     return [*runs, (entry.id, "this entry")]
 
 
