@@ -20,7 +20,7 @@ from flower.views import BaseHandler
 from flower.views.error import NotFoundErrorHandler
 
 from worker.flower_pages.install import install, routes
-from worker.flower_pages.templates import FLOWER_TEMPLATES, NAV_LIST_END, with_nav_link
+from worker.flower_pages.template_loader import FLOWER_TEMPLATES, NAV_LIST_END, with_nav_link
 
 ROOT = Path(__file__).resolve().parent.parent
 

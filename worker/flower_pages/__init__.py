@@ -1,13 +1,13 @@
 """The dead-letter pages Flower's own process serves: see, replay and purge from the browser.
 
-    install.py       adds the routes to Flower's and our templates to its loader;
-                     run by flowerconfig.py, the file Flower's --conf names
-    flowerconfig.py  what ``celery -A worker flower --conf=...`` executes
-    templates.py     Flower's templates plus ours, and the navigation link
-    requests.py      reading a filter or a list of ids from a request, one error per field
-    pages.py         the HTML pages: list, entry, bulk preview, confirm and result
-    api.py           the same as JSON under /api/dead-letters
-    base.py          what both share: Flower's BaseHandler, the store, blocking calls
+    install.py          adds our routes to Flower's and our templates to its loader;
+                        run by flowerconfig.py, the file Flower's --conf names
+    flowerconfig.py     what ``celery -A worker flower --conf=...`` executes
+    template_loader.py  Flower's templates plus ours (templates/), and the navigation link
+    query.py            reading a filter or a list of ids from a request, one error per field
+    pages.py            the HTML pages: list, entry, bulk preview, confirm and result
+    api.py              the same as JSON under /api/dead-letters
+    base.py             what both share: Flower's handlers, the store, blocking calls
 
 The handlers subclass Flower's own ``BaseHandler`` (``BaseApiHandler`` for the API), so
 they inherit its authentication (FLOWER_BASIC_AUTH, OAuth) and its cross-site checks.

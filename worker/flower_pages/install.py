@@ -18,7 +18,7 @@ from tornado.web import url
 from worker.errors import DEAD_LETTER_PAGE
 from worker.flower_pages.api import EntryApi, ListApi, TakeApi
 from worker.flower_pages.pages import DeadLetterPage, DeadLettersPage, TakePage
-from worker.flower_pages.templates import PagesLoader
+from worker.flower_pages.template_loader import PagesLoader
 
 LIST_PAGE = DEAD_LETTER_PAGE.rstrip("/")
 CATCH_ALL = ".*"
