@@ -5,12 +5,14 @@ test_flower_pages_browser.py.)"""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
 import pytest
 import redis
 import requests
+import tornado.web
 
 from tests.conftest import worker_env
 from tests.test_flower import AUTH, Flower, start_flower  # noqa: F401 (a fixture)
@@ -182,3 +184,40 @@ def test_without_a_login_configured_the_pages_show_but_nothing_changes(
     refused = post(flower, "/api/dead-letters/replay", auth=None, json={"ids": ["job-n"]})
     assert refused.status_code == 401
     assert len(store) == 1 and redis_client.llen(DELIVERY_QUEUE) == 0
+
+
+def test_with_flowers_oauth_a_post_needs_the_xsrf_token_the_pages_carry(
+    redis_client: redis.Redis,
+    flower_env: dict[str, str],
+    start_flower: Callable[..., Flower],  # noqa: F811
+) -> None:
+    # Flower's OAuth keeps the user in a signed cookie; signed here with the same secret
+    # instead of asking a provider. Cookie sessions are where XSRF tokens matter.
+    secret = "flower-pages-test-cookie-secret"
+    env = dict(flower_env, FLOWER_AUTH="ops@example.com", FLOWER_COOKIE_SECRET=secret)
+    store = seed(redis_client, ("job-o", "http_404", "s1"), ("job-q", "http_404", "s1"))
+    flower = start_flower(env, login=False)
+    session = requests.Session()
+    session.cookies.set(
+        "user", tornado.web.create_signed_value(secret, "user", "ops@example.com").decode()
+    )
+
+    anonymous = requests.get(f"{flower.base_url}/dead-letters", allow_redirects=False, timeout=10)
+    assert anonymous.status_code == 302 and "/login" in anonymous.headers["Location"]
+    page = session.get(f"{flower.base_url}/dead-letters", timeout=10)
+    assert page.status_code == 200 and "job-o-r0" in page.text
+    token = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
+    assert token is not None and session.cookies.get("_xsrf")
+
+    replay = f"{flower.base_url}/dead-letters/replay"
+    assert session.post(replay, data={"ids": "job-o"}, timeout=10).status_code == 403
+    api = f"{flower.base_url}/api/dead-letters/replay"
+    assert session.post(api, json={"ids": ["job-q"]}, timeout=10).status_code == 403
+    assert len(store) == 2 and redis_client.llen(DELIVERY_QUEUE) == 0
+
+    done = session.post(replay, data={"ids": "job-o", "_xsrf": token.group(1)}, timeout=10)
+    assert done.status_code == 200 and "Replayed 1 entry" in done.text
+    headers = {"X-Xsrftoken": token.group(1)}
+    done = session.post(api, json={"ids": ["job-q"]}, headers=headers, timeout=10)
+    assert done.status_code == 200 and done.json()["ids"] == ["job-q-r0"]
+    assert len(store) == 0 and redis_client.llen(DELIVERY_QUEUE) == 2
