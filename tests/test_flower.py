@@ -173,6 +173,9 @@ def test_a_dead_letter_is_a_failed_task_in_flower_with_reason_status_and_click_i
     assert task["exception"].endswith(f"entry={path}')")
     page = flower.get(path)
     assert page.status_code == 200 and "clk-gone-404" in page.text
+    # Flower's task view links there.
+    task_view = flower.get(f"/task/{job_id}").text
+    assert f'<a id="dead-letter-entry" href="{path}">' in task_view
 
     # Basic auth set: anonymous and wrong credentials are refused.
     assert flower.get("/api/tasks", auth=None).status_code == 401

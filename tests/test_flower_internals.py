@@ -19,8 +19,16 @@ from flower.api import BaseApiHandler
 from flower.views import BaseHandler
 from flower.views.error import NotFoundErrorHandler
 
+from worker.errors import DeadLettered
 from worker.flower_pages.install import install, routes
-from worker.flower_pages.template_loader import FLOWER_TEMPLATES, NAV_LIST_END, with_nav_link
+from worker.flower_pages.task_link import entry_id_in
+from worker.flower_pages.template_loader import (
+    FLOWER_TEMPLATES,
+    NAV_LIST_END,
+    TASK_FIELDS,
+    with_entry_row,
+    with_nav_link,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,6 +80,23 @@ def test_the_navbar_anchor_and_our_link_in_it() -> None:
     assert linked.index("reverse_url('dead_letters')") < linked.index(NAV_LIST_END)
 
 
+def test_the_task_view_anchor_and_the_entry_row_in_it() -> None:
+    task_page = (FLOWER_TEMPLATES / "task.html").read_text()
+    assert TASK_FIELDS in task_page and "<dl" in task_page
+    row = with_entry_row(task_page)
+    assert row.index("<dl") < row.index("DeadLetterLink(task)") < row.index(TASK_FIELDS)
+    assert "ui_modules" not in flower.urls.settings  # ours is the only one
+
+
+def test_the_task_link_reads_only_a_dead_lettered_tasks_own_entry() -> None:
+    text = repr(DeadLettered("http_404", 404, "clk", "job/1", "job/1-r0"))
+    assert entry_id_in(text) == "job/1-r0"  # quoted in the text, read back whole
+    assert entry_id_in(repr(DeadLettered("no_api_key", None, None, "job-2"))) is None
+    assert entry_id_in("ValueError('x entry=/dead-letters/job-3-r0')") is None
+    forged = "DeadLettered('... entry=/dead-letters/javascript:alert(1)')"
+    assert entry_id_in(forged) == "javascript"  # the id stops where quote() never writes
+
+
 def test_install_puts_the_routes_before_the_catch_all_once() -> None:
     handlers: list[Any] = [("/a", object), (r".*", NotFoundErrorHandler)]
     settings: dict[str, Any] = {}
@@ -79,7 +104,7 @@ def test_install_puts_the_routes_before_the_catch_all_once() -> None:
     install(handlers, settings)
     assert len(handlers) == 2 + len(routes())
     assert handlers[-1][0] == r".*"
-    assert "template_loader" in settings
+    assert "template_loader" in settings and "DeadLetterLink" in settings["ui_modules"]
     # Through Flower's own url_prefix rewrite, names and kwargs survive.
     rewritten = [flower.app.rewrite_handler(rule, "ops") for rule in routes()]
     assert rewritten[0].regex.pattern == "/ops/dead-letters$"

@@ -4,6 +4,7 @@
                         run by flowerconfig.py, the file Flower's --conf names
     flowerconfig.py     what ``celery -A worker flower --conf=...`` executes
     template_loader.py  Flower's templates plus ours (templates/), and the navigation link
+    task_link.py        the row in Flower's task view that links a dead-lettered task to its entry
     query.py            reading a filter or a list of ids from a request, one error per field
     pages.py            the HTML pages: list, entry, bulk preview, confirm and result
     api.py              the same as JSON under /api/dead-letters

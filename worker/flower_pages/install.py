@@ -4,8 +4,9 @@ Flower builds its Tornado application from ``flower.urls.handlers`` and
 ``flower.urls.settings`` (``flower.app.Flower.__init__``, ``flower.command``), after it
 has executed the ``--conf`` file. ``install`` puts our routes into that list, before its
 last route, the catch-all 404; Flower then applies ``--url_prefix`` to ours as to its own.
-It sets the template loader in those settings. ``tests/test_flower_internals.py`` checks
-each of these assumptions and fails loudly when a Flower release moves one.
+It sets the template loader and the task view's link module in those settings.
+``tests/test_flower_internals.py`` checks each of these assumptions and fails loudly when
+a Flower release moves one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tornado.web import url
 from worker.errors import DEAD_LETTER_PAGE
 from worker.flower_pages.api import EntryApi, ListApi, TakeApi
 from worker.flower_pages.pages import DeadLetterPage, DeadLettersPage, TakePage
+from worker.flower_pages.task_link import DeadLetterLink
 from worker.flower_pages.template_loader import PagesLoader
 
 LIST_PAGE = DEAD_LETTER_PAGE.rstrip("/")
@@ -49,6 +51,7 @@ def install(handlers: list[Any] | None = None, settings: dict[str, Any] | None =
         raise RuntimeError("Flower's last route is not its catch-all 404: cannot add pages")
     handlers[-1:-1] = routes()
     settings["template_loader"] = PagesLoader()
+    settings.setdefault("ui_modules", {})["DeadLetterLink"] = DeadLetterLink
 
 
 def _pattern(rule: Any) -> str:
