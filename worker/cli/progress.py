@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 #: Redraw at most this often; each chunk's end is drawn anyway when due.
@@ -47,6 +48,15 @@ class Progress:
 
     def start(self) -> None:
         self._draw()
+
+    @contextmanager
+    def running(self) -> Iterator[Progress]:
+        """Drawn from the start, erased at the end, whether the work ends or raises."""
+        self.start()
+        try:
+            yield self
+        finally:
+            self.clear()
 
     def advance(self, count: int) -> None:
         self.done += count

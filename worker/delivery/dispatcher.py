@@ -140,7 +140,7 @@ class Dispatcher:
         else:
             return self._deliver_or_handle(job, redelivered=redelivered)
         entry = self.unreadable.park(kwargs, problem, task_id=task_id)
-        raise DeadLettered("invalid_job", None, entry.click_id, entry.job_id)
+        raise DeadLettered("invalid_job", None, entry.click_id, entry.job_id, entry.id)
 
     def _deliver_or_handle(self, job: JobMessage, *, redelivered: bool) -> Outcome:
         failure: Exception
@@ -434,7 +434,7 @@ class Dispatcher:
         self.dead_letters.add(entry, now=self.clock())
         click_id = entry.click_id
         self._report("dead_lettered", job, status_code, attempt=entry.attempts, reason=reason)
-        raise DeadLettered(reason, status_code, click_id, job.job_id)
+        raise DeadLettered(reason, status_code, click_id, job.job_id, entry.id)
 
 
     # -- reporting -------------------------------------------------------------------
