@@ -22,6 +22,8 @@ PROCFILE = ROOT / "Procfile"
 SANDBOX_ENV = ROOT / "deploy" / "sandbox.env"
 PRODUCTION_ENV = ROOT / "deploy" / "production.env.example"
 STATE_DIR = "/var/lib/snackvideo"
+#: What an operator puts in REDIS_PASSWORD (never in a committed file).
+PASSWORD = "0123456789abcdef0123456789abcdef"
 #: What the worker reads: its settings but the producer's own (enqueue timeout, ...).
 WORKER_VARIABLES = {
     Settings.variable_of(field)
@@ -152,9 +154,31 @@ def test_redis_is_configured_for_queues(compose: dict[str, Any], services: dict[
     assert options["--appendonly"] == "yes"
     assert options["--appendfsync"] == "everysec"
     assert options["--maxmemory-policy"] == "noeviction"
-    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     volume, _, target = redis["volumes"][0].partition(":")
     assert target == "/data" and volume in compose["volumes"]
+
+
+def test_redis_requires_the_password_of_the_env_file(services: dict[str, Any]) -> None:
+    redis = services["redis"]
+    args = command_tokens(redis)
+    requirepass = args[args.index("--requirepass") + 1]
+    assert requirepass.startswith("${REDIS_PASSWORD:?")  # no default: compose refuses
+    # The healthcheck authenticates through the environment, not its command line.
+    assert redis["environment"]["REDISCLI_AUTH"] == requirepass
+    assert "REDIS_PASSWORD" not in " ".join(redis["healthcheck"]["test"])
+    assert "grep -q PONG" in redis["healthcheck"]["test"][-1]  # NOAUTH also exits 0
+    others = {"SCALEV_API_BASE_URL": "https://api.scalev.com", "FLOWER_BASIC_AUTH": "a:b"}
+    env = {**others, "REDIS_PASSWORD": PASSWORD}
+    for name in ("worker", "beat", "flower"):
+        url = resolved(services[name], env)["REDIS_URL"]
+        assert url == f"redis://:{PASSWORD}@redis:6379/0", name
+        with pytest.raises(LookupError, match="REDIS_PASSWORD"):
+            resolved(services[name], others)
+    assert interpolate(requirepass, env) == PASSWORD
+    # What is committed holds no password: both env files leave it to the operator.
+    for path in (SANDBOX_ENV, PRODUCTION_ENV):
+        assert not read_env_file(path).get("REDIS_PASSWORD"), path
+    assert not re.search(r"REDIS_PASSWORD[:=]-", COMPOSE.read_text())
 
 
 # -- flower, beat, sandbox --------------------------------------------------------------------
@@ -203,7 +227,7 @@ def test_storefront_keys_reach_the_worker_only(services: dict[str, Any]) -> None
 
 
 def test_the_sandbox_env_file_runs_the_demo_end_to_end(services: dict[str, Any]) -> None:
-    env = read_env_file(SANDBOX_ENV)
+    env = {**read_env_file(SANDBOX_ENV), "REDIS_PASSWORD": PASSWORD}  # from the shell
     assert env["COMPOSE_PROFILES"] == "sandbox"
     worker_env = resolved(services["worker"], env)
     sandbox_port = resolved(services["sandbox"], env)["SANDBOX_PORT"]
@@ -214,7 +238,7 @@ def test_the_sandbox_env_file_runs_the_demo_end_to_end(services: dict[str, Any])
         Settings.from_env(without_opt_in)
     settings = Settings.from_env(worker_env)  # empty values fall back to the defaults
     assert settings.allow_insecure_http
-    assert settings.redis_url == "redis://redis:6379/0"
+    assert settings.redis_url == f"redis://:{PASSWORD}@redis:6379/0"
     assert settings.api_key_for("demo_store") == DEFAULT_STORES["demo_store"]
     assert settings.metrics_port == 9808
     command = interpolate(services["worker"]["command"], env)
@@ -222,14 +246,14 @@ def test_the_sandbox_env_file_runs_the_demo_end_to_end(services: dict[str, Any])
 
 
 def test_production_points_at_scalev_without_the_sandbox(services: dict[str, Any]) -> None:
-    env = read_env_file(PRODUCTION_ENV)
+    env = {**read_env_file(PRODUCTION_ENV), "REDIS_PASSWORD": PASSWORD}  # filled in
     assert "COMPOSE_PROFILES" not in env
     worker_env = resolved(services["worker"], env)
     assert worker_env["SCALEV_API_BASE_URL"] == "https://api.scalev.com"
     assert not Settings.from_env(worker_env).allow_insecure_http
     # Nothing set: compose refuses to start rather than guess where events go.
     with pytest.raises(LookupError, match="SCALEV_API_BASE_URL"):
-        resolved(services["worker"], {})
+        resolved(services["worker"], {"REDIS_PASSWORD": PASSWORD})
     assert "deploy/production.env" in (ROOT / ".gitignore").read_text().split()
 
 
