@@ -27,6 +27,8 @@ from producers.errors import InvalidEvent
 #: Seconds a client waits before it retries a 503. Redis restarts within seconds; the
 #: producer already retried for SNACKVIDEO_ENQUEUE_TIMEOUT_SECONDS before giving up.
 RETRY_AFTER_SECONDS = 2
+#: What the producer calls a field, where the HTTP request has it under another name.
+_HTTP_NAMES = {"idempotency_key": "Idempotency-Key"}
 #: How the producer names a field of one payload of a batch (``producers.enqueue``).
 _BATCH_FIELD = re.compile(r"^payloads\[(\d+)\]\.(.*)$", re.DOTALL)
 
@@ -82,12 +84,16 @@ def invalid_event(exc: InvalidEvent, *, batch: bool) -> ApiError:
     """422 naming each field as ``InvalidEvent`` does; in a batch, each body by its index."""
     problems: list[dict[str, Any]] = []
     for field, message in exc.problems:
-        problem: dict[str, Any] = {"field": field, "message": message}
+        problem: dict[str, Any] = {"field": _HTTP_NAMES.get(field, field), "message": message}
         found = _BATCH_FIELD.match(field) if batch else None
         if found is not None:
             problem = {"index": int(found[1]), "field": found[2], "message": message}
         problems.append(problem)
-    return ApiError(422, "invalid_event", str(exc), problems=problems)
+    detail = "; ".join(
+        ("" if "index" not in p else f"body {p['index']}: ") + f"{p['field']}: {p['message']}"
+        for p in problems
+    )
+    return ApiError(422, "invalid_event", f"invalid event: {detail}", problems=problems)
 
 
 async def api_error(request: Request, exc: Exception) -> JSONResponse:

@@ -62,19 +62,34 @@ def _store_id() -> dict[str, Any]:
     }
 
 
-def _idempotency_key(meaning: str) -> dict[str, Any]:
+def _idempotency_key(meaning: str, max_chars: int = MAX_IDEMPOTENCY_KEY_CHARS) -> dict[str, Any]:
     return {
         "name": "Idempotency-Key",
         "in": "header",
         "required": False,
         "description": meaning,
-        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY_CHARS},
+        "schema": {"type": "string", "minLength": 1, "maxLength": max_chars},
     }
+
+
+def _refuse_null(schema: dict[str, Any], *fields: str) -> None:
+    """The models refuse an explicit null for these (absent is fine): say so."""
+    for field in fields:
+        prop = schema["properties"][field]
+        prop.update(next(option for option in prop.pop("anyOf") if option != {"type": "null"}))
+        prop.pop("default", None)
+
+
+def batch_key_max_chars(max_batch: int) -> int:
+    """The longest batch Idempotency-Key: each body's key, ``<key>:<index>``, must fit."""
+    return MAX_IDEMPOTENCY_KEY_CHARS - len(f":{max_batch - 1}")
 
 
 def _schemas(max_batch: int) -> dict[str, Any]:
     event = EventRequest.model_json_schema(ref_template=_REF)
     schemas: dict[str, Any] = dict(event.pop("$defs", {}))
+    _refuse_null(event, "variants", "bundle_price_options")
+    _refuse_null(schemas["ConversionEvent"], "properties")
     schemas["EventRequest"] = event
     schemas["EventBatch"] = {
         "type": "array",
@@ -173,7 +188,10 @@ def build_openapi(max_batch: int) -> dict[str, Any]:
                     "summary": "enqueue a batch: all validated first, then one atomic write",
                     "parameters": [
                         _store_id(),
-                        _idempotency_key("body i gets the key <Idempotency-Key>:<i>"),
+                        _idempotency_key(
+                            "body i gets the key <Idempotency-Key>:<i>",
+                            batch_key_max_chars(max_batch),
+                        ),
                     ],
                     "requestBody": _json_body("EventBatch"),
                     "responses": {"202": _accepted("BatchAccepted"), **_refusals(body=True)},

@@ -16,8 +16,10 @@ from starlette.responses import JSONResponse
 from ingest.auth import Authenticator, authorize
 from ingest.body import read_json
 from ingest.errors import ApiError, invalid_event, unavailable
+from ingest.openapi import batch_key_max_chars
 from ingest.settings import IngestSettings, IngestToken
 from producers.aio import AsyncProducer
+from producers.enqueue import idempotency_key_problem
 from producers.errors import EnqueueError, InvalidEvent
 
 log = logging.getLogger("ingest")
@@ -76,6 +78,19 @@ def _batch_problem(message: str) -> ApiError:
     return invalid_event(InvalidEvent([("body", message)]), batch=True)
 
 
+def _batch_keys(key: str | None, count: int, settings: IngestSettings) -> list[str | None] | None:
+    """Body i's key is ``<key>:<i>``: a retried batch repeats each body, and only it."""
+    if key is None:
+        return None
+    longest = batch_key_max_chars(settings.ingest_max_batch)
+    problem = idempotency_key_problem(key)
+    if problem is None and len(key) > longest:
+        problem = f"must be at most {longest} characters in a batch, not {len(key)}"
+    if problem is not None:
+        raise invalid_event(InvalidEvent([("idempotency_key", problem)]), batch=True)
+    return [f"{key}:{index}" for index in range(count)]
+
+
 async def post_batch(request: Request) -> JSONResponse:
     service = _service(request)
     token, store_id = _caller(request, service)
@@ -90,8 +105,7 @@ async def post_batch(request: Request) -> JSONResponse:
             f"{len(bodies)} bodies, more than SNACKVIDEO_INGEST_MAX_BATCH "
             f"({settings.ingest_max_batch}): split the batch"
         )
-    key = request.headers.get("idempotency-key")
-    keys = None if key is None else [f"{key}:{index}" for index in range(len(bodies))]
+    keys = _batch_keys(request.headers.get("idempotency-key"), len(bodies), settings)
     try:
         outcomes = await service.ready_producer().enqueue_many(
             store_id, bodies, idempotency_keys=keys

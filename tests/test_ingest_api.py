@@ -112,6 +112,7 @@ def test_one_bad_body_in_a_batch_queues_nothing_and_names_its_index(
     response = client.post(BATCH, json=[event("ok-0"), bad, event("ok-2"), []], headers=AUTH)
     assert response.status_code == 422
     problems = error_of(response)["problems"]
+    assert "body 1: click_id: must be a string, not int" in error_of(response)["message"]
     assert {(p["index"], p["field"]) for p in problems} == {
         (1, "click_id"),
         (1, "events.0.properties.value"),
@@ -160,7 +161,11 @@ def test_an_invalid_idempotency_key_or_store_is_a_422(client: TestClient) -> Non
     long_key = {**AUTH, "Idempotency-Key": "k" * 1001}
     response = client.post(EVENTS, json=event("a"), headers=long_key)
     assert response.status_code == 422
-    assert error_of(response)["problems"][0]["field"] == "idempotency_key"
+    assert error_of(response)["problems"][0]["field"] == "Idempotency-Key"
+    for key in ("", "k" * 997):  # a batch's keys are <key>:<index>, up to :999
+        response = client.post(BATCH, json=[event("a")], headers={**AUTH, "Idempotency-Key": key})
+        assert response.status_code == 422
+        assert error_of(response)["problems"][0]["field"] == "Idempotency-Key"
     response = client.post("/v1/stores/..%20x/events", json=event("a"), headers=AUTH)
     assert response.status_code == 422
     assert error_of(response)["problems"][0]["field"] == "store_id"
