@@ -7,7 +7,7 @@ Direct ``enqueue()`` runs in the same run against the same Redis, one thread, as
 app's request handler calls it.
 
 - single-event POSTs, closed loop, at concurrency 1, 8 and 32;
-- batch POSTs of 100 events at concurrency 4;
+- batch POSTs of 100 events at concurrency 4 (4x the events of a single-event method);
 - p99 at half rate: open loop, requests scheduled at half the best single-event rate over
   16 connections; latency is counted from each request's scheduled time, so a stall
   delays the requests behind it and shows in the percentiles (no coordinated omission).
@@ -15,7 +15,7 @@ app's request handler calls it.
 Goals (issue 15): single-event ingest >= 50 % of direct enqueue events/s, p99 <= 10 ms
 at half that rate, batch ingest >= 5x single-event ingest.
 
-    python -m bench.ingest [--n 5000] [--workers 2]
+    python -m bench.ingest [--n 5000] [--workers 2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import requests
+import uvloop
 
 from bench.common import (
     DEFAULT_N,
@@ -65,6 +66,13 @@ class Run:
     events: int
     seconds: float
     latencies: list[float]
+
+    def add(self, events: int, measured: Callable[..., list[float]], *args: Any) -> None:
+        """Time ``measured(*args)``, which returns the latency of each of its requests."""
+        began = time.perf_counter()
+        self.latencies += measured(*args)
+        self.seconds += time.perf_counter() - began
+        self.events += events
 
     @property
     def rate(self) -> float:
@@ -185,65 +193,67 @@ async def open_loop(port: int, requests_: list[bytes], rate: float) -> list[floa
     return latencies
 
 
-def direct_enqueue(redis_url: str, n: int) -> Run:
-    producer = Producer(redis_url)
-    try:
-        for i in range(200):  # warm-up: connection, script load
-            producer.enqueue(STORE, payload(i, "warm"))
+class DirectEnqueue:
+    """The baseline: ``Producer.enqueue`` in one thread, as a web app's handler calls it."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.producer = Producer(redis_url)
+        for i in range(200):  # warm-up: the connection, the script load
+            self.producer.enqueue(STORE, payload(i, "warm"))
+
+    def run(self, first: int, n: int) -> list[float]:
         latencies = []
-        began = time.perf_counter()
-        for i in range(n):
+        for i in range(first, first + n):
             t0 = time.perf_counter()
-            producer.enqueue(STORE, payload(i, "direct"))
+            self.producer.enqueue(STORE, payload(i, "direct"))
             latencies.append(time.perf_counter() - t0)
-        seconds = time.perf_counter() - began
-        return Run("direct `enqueue()`, 1 thread (baseline)", n, seconds, latencies)
-    finally:
-        producer.close()
+        return latencies
 
 
-def timed(name: str, events: int, run: Coroutine[Any, Any, list[float]]) -> Run:
-    began = time.perf_counter()
-    latencies = asyncio.run(run)
-    return Run(name, events, time.perf_counter() - began, latencies)
+def run_loop(coroutine: Coroutine[Any, Any, list[float]]) -> list[float]:
+    # uvloop, as the service uses: the load generator's own overhead stays small.
+    return uvloop.run(coroutine)
 
 
-def single_requests(port: int, n: int, run: str) -> list[bytes]:
+def closed_loop_run(port: int, requests_: list[bytes], concurrency: int) -> list[float]:
+    return run_loop(closed_loop(port, requests_, concurrency))
+
+
+def single_requests(port: int, first: int, n: int, run: str) -> list[bytes]:
     path = f"/v1/stores/{STORE}/events"
-    return [encode_post(port, path, payload(i, run)) for i in range(n)]
+    return [encode_post(port, path, payload(i, run)) for i in range(first, first + n)]
 
 
-def measure(redis_url: str, port: int, n: int) -> tuple[Run, list[Run], Run, Run]:
-    asyncio.run(closed_loop(port, single_requests(port, 400, "warm"), 8))
-    direct = direct_enqueue(redis_url, n)
-    singles = []
-    for concurrency in CONCURRENCIES:
-        requests_ = single_requests(port, n, f"c{concurrency}")
-        singles.append(
-            timed(
-                f"POST one event, concurrency {concurrency}",
-                n,
-                closed_loop(port, requests_, concurrency),
-            )
-        )
-    best = max(singles, key=lambda run: run.rate)
-    half = best.rate / 2
-    paced = timed(
-        f"POST one event, open loop at {half:,.0f}/s (half the best)",
-        n,
-        open_loop(port, single_requests(port, n, "half"), half),
-    )
+def batch_requests(port: int, first: int, batches: int) -> list[bytes]:
     path = f"/v1/stores/{STORE}/events/batch"
-    batches = max(1, n * 4 // BATCH)
-    bodies = [
-        encode_post(port, path, [payload(b * BATCH + k, "batch") for k in range(BATCH)])
+    return [
+        encode_post(port, path, [payload((first + b) * BATCH + k, "batch") for k in range(BATCH)])
         for b in range(batches)
     ]
-    batch = timed(
-        f"POST batches of {BATCH}, concurrency {BATCH_CONCURRENCY}",
-        batches * BATCH,
-        closed_loop(port, bodies, BATCH_CONCURRENCY),
-    )
+
+
+def measure(redis_url: str, port: int, n: int, rounds: int) -> tuple[Run, list[Run], Run, Run]:
+    """Every closed-loop method in ``rounds`` interleaved rounds, so that background load on
+    a shared machine falls on all of them alike; then the open-loop run."""
+    run_loop(closed_loop(port, single_requests(port, 0, 400, "warm"), 8))
+    direct = Run("direct `enqueue()`, 1 thread (baseline)", 0, 0.0, [])
+    singles = [Run(f"POST one event, concurrency {c}", 0, 0.0, []) for c in CONCURRENCIES]
+    batch = Run(f"POST batches of {BATCH}, concurrency {BATCH_CONCURRENCY}", 0, 0.0, [])
+    baseline = DirectEnqueue(redis_url)
+    share = n // rounds
+    batches = max(1, share * 4 // BATCH)
+    for r in range(rounds):
+        direct.add(share, baseline.run, r * share, share)
+        for run, concurrency in zip(singles, CONCURRENCIES, strict=True):
+            requests_ = single_requests(port, r * share, share, f"c{concurrency}")
+            run.add(share, closed_loop_run, port, requests_, concurrency)
+        bodies = batch_requests(port, r * batches, batches)
+        batch.add(batches * BATCH, closed_loop_run, port, bodies, BATCH_CONCURRENCY)
+    baseline.producer.close()
+    half = max(singles, key=lambda run: run.rate).rate / 2
+    paced = Run(f"POST one event, open loop at {half:,.0f}/s (half the best)", 0, 0.0, [])
+    requests_ = single_requests(port, 0, n, "half")
+    paced.add(n, lambda: run_loop(open_loop(port, requests_, half)))
     return direct, singles, paced, batch
 
 
@@ -262,13 +272,14 @@ def verdicts(direct: Run, singles: list[Run], paced: Run, batch: Run) -> list[li
     ]  # fmt: skip
 
 
-def run(n: int = DEFAULT_N, workers: int = 2) -> Section:
+def run(n: int = DEFAULT_N, workers: int = 2, rounds: int = 3) -> Section:
     section = Section(
         "HTTP ingest (`bench/ingest.py`)",
         f"`snackvideo ingest` with {workers} uvicorn worker processes against a private "
-        f"redis-server (AOF on) on 127.0.0.1; {n:,} events per single-event run, driven "
-        "from one asyncio process over keep-alive connections. The baseline is direct "
-        "`Producer.enqueue()` in one thread against the same Redis, in the same run. "
+        f"redis-server (AOF on) on 127.0.0.1; {n:,} events per single-event method, driven "
+        "from one asyncio (uvloop) process over keep-alive connections. The baseline is "
+        "direct `Producer.enqueue()` in one thread against the same Redis; the closed-loop "
+        f"methods run in {rounds} interleaved rounds. "
         "Latency is per request (a batch request carries "
         f"{BATCH} events); the open-loop row counts each request from when it was due.",
     )
@@ -276,7 +287,7 @@ def run(n: int = DEFAULT_N, workers: int = 2) -> Section:
     service = IngestService(redis_server.url, workers)
     try:
         service.start()
-        direct, singles, paced, batch = measure(redis_server.url, service.port, n)
+        direct, singles, paced, batch = measure(redis_server.url, service.port, n, rounds)
     finally:
         service.stop()
         redis_server.stop()
@@ -291,8 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__)
     parser.add_argument("--n", type=int, default=env_int("BENCH_N", DEFAULT_N))
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    run(args.n, args.workers)
+    run(args.n, args.workers, args.rounds)
     return 0
 
 
