@@ -46,6 +46,7 @@ from bench.common import (
     payload,
     percentile,
     table,
+    terminate,
     wait_until,
 )
 from producers.enqueue import Producer
@@ -121,13 +122,7 @@ class IngestService:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
 
 def encode_post(port: int, path: str, body: object) -> bytes:

@@ -16,7 +16,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from tenacity import AsyncRetrying, RetryError
 
-from producers.enqueue import ENQUEUE_LUA, Enqueued, PreparedCall, ProducerBase
+from producers.enqueue import ENQUEUE_LUA, Enqueued, PreparedCall, ProducerBase, enqueued
 from producers.errors import EnqueueError
 
 
@@ -49,8 +49,7 @@ class AsyncProducer(ProducerBase):
         self, store_id: str, payload: dict[str, Any], idempotency_key: str | None = None
     ) -> Enqueued:
         """Validate one event and enqueue it; says whether this call queued it."""
-        job_ids, own_ids = await self._enqueue(store_id, [payload], [idempotency_key], True)
-        return Enqueued(job_ids[0], job_ids[0] == own_ids[0])
+        return enqueued(*await self._enqueue(store_id, [payload], [idempotency_key], True))[0]
 
     async def enqueue_many(
         self,
@@ -60,8 +59,7 @@ class AsyncProducer(ProducerBase):
         idempotency_keys: Sequence[str | None] | None = None,
     ) -> list[Enqueued]:
         """Validate every event, then enqueue them all in one atomic round trip."""
-        job_ids, own_ids = await self._enqueue(store_id, payloads, idempotency_keys, False)
-        return [Enqueued(job, job == own) for job, own in zip(job_ids, own_ids, strict=True)]
+        return enqueued(*await self._enqueue(store_id, payloads, idempotency_keys, False))
 
     async def _enqueue(
         self,

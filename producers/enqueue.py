@@ -89,6 +89,11 @@ class PreparedCall(NamedTuple):
         return job_ids, self.own_ids
 
 
+def enqueued(job_ids: list[str], own_ids: list[str]) -> list[Enqueued]:
+    """What each event became: its job, and whether it is the one this call built."""
+    return [Enqueued(job, job == own) for job, own in zip(job_ids, own_ids, strict=True)]
+
+
 class ProducerBase:
     """What the blocking and the asyncio producer share: settings, validation, messages.
 
@@ -229,8 +234,7 @@ class Producer(ProducerBase):
         idempotency_keys: Sequence[str | None] | None = None,
     ) -> list[Enqueued]:
         """``enqueue_many``, and for each event whether this call queued it."""
-        job_ids, own_ids = self._enqueue(store_id, payloads, idempotency_keys, single=False)
-        return [Enqueued(job, job == own) for job, own in zip(job_ids, own_ids, strict=True)]
+        return enqueued(*self._enqueue(store_id, payloads, idempotency_keys, single=False))
 
     def _enqueue(
         self,
