@@ -67,8 +67,8 @@ def exec_service(argv: Sequence[str]) -> int:
         host=settings.ingest_address,
         port=settings.ingest_port,
         workers=settings.ingest_workers,
-        # One log line per request would cost more CPU than the request's own work; the
-        # service logs what matters itself (a 503: Redis did not confirm).
+        # No line per request on the hot path (a reverse proxy logs requests); the service
+        # logs what matters itself: a 503, when Redis did not confirm a job.
         access_log=False,
         server_header=False,
         # No X-Forwarded-For trust: nothing here depends on the client's address.
