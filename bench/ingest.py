@@ -41,6 +41,8 @@ from bench.common import (
     BenchError,
     RedisServer,
     Section,
+    child_pids,
+    cpu_seconds,
     env_int,
     free_port,
     payload,
@@ -61,19 +63,43 @@ GOAL_P99_MS = 10.0
 GOAL_BATCH_FACTOR = 5.0
 
 
+class CpuMeter:
+    """CPU seconds used so far by each side: the service's processes, Redis, this process
+    (the load generator, or the backend calling ``enqueue()`` directly). Unlike events/s,
+    CPU per event hardly moves when other programs load the machine."""
+
+    def __init__(self, service_pid: int, redis_pid: int) -> None:
+        self.service_pids = [service_pid, *child_pids(service_pid)]
+        self.redis_pid = redis_pid
+
+    def read(self) -> tuple[float, float, float]:
+        service = sum(cpu_seconds(pid) for pid in self.service_pids)
+        return service, cpu_seconds(self.redis_pid), time.process_time()
+
+
 @dataclass
 class Run:
     name: str
     events: int
     seconds: float
     latencies: list[float]
+    #: CPU seconds of (the service, Redis, this process) while it ran.
+    cpu: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
-    def add(self, events: int, measured: Callable[..., list[float]], *args: Any) -> None:
+    def add(
+        self, meter: CpuMeter, events: int, measured: Callable[..., list[float]], *args: Any
+    ) -> None:
         """Time ``measured(*args)``, which returns the latency of each of its requests."""
+        cpu_before = meter.read()
         began = time.perf_counter()
         self.latencies += measured(*args)
         self.seconds += time.perf_counter() - began
+        used = [after - before for after, before in zip(meter.read(), cpu_before, strict=True)]
+        self.cpu = (self.cpu[0] + used[0], self.cpu[1] + used[1], self.cpu[2] + used[2])
         self.events += events
+
+    def cpu_ms_per_event(self) -> list[str]:
+        return [f"{1000 * seconds / self.events:.3f}" for seconds in (*self.cpu, sum(self.cpu))]
 
     @property
     def rate(self) -> float:
@@ -86,6 +112,7 @@ class Run:
             f"{100 * self.rate / baseline:.0f} %",
             f"{1000 * percentile(self.latencies, 50):.2f}",
             f"{1000 * percentile(self.latencies, 99):.2f}",
+            *self.cpu_ms_per_event(),
         ]
 
 
@@ -227,7 +254,9 @@ def batch_requests(port: int, first: int, batches: int) -> list[bytes]:
     ]
 
 
-def measure(redis_url: str, port: int, n: int, rounds: int) -> tuple[Run, list[Run], Run, Run]:
+def measure(
+    redis_url: str, port: int, meter: CpuMeter, n: int, rounds: int
+) -> tuple[Run, list[Run], Run, Run]:
     """Every closed-loop method in ``rounds`` interleaved rounds, so that background load on
     a shared machine falls on all of them alike; then the open-loop run."""
     run_loop(closed_loop(port, single_requests(port, 0, 400, "warm"), 8))
@@ -238,17 +267,17 @@ def measure(redis_url: str, port: int, n: int, rounds: int) -> tuple[Run, list[R
     share = n // rounds
     batches = max(1, share * 4 // BATCH)
     for r in range(rounds):
-        direct.add(share, baseline.run, r * share, share)
+        direct.add(meter, share, baseline.run, r * share, share)
         for run, concurrency in zip(singles, CONCURRENCIES, strict=True):
             requests_ = single_requests(port, r * share, share, f"c{concurrency}")
-            run.add(share, closed_loop_run, port, requests_, concurrency)
+            run.add(meter, share, closed_loop_run, port, requests_, concurrency)
         bodies = batch_requests(port, r * batches, batches)
-        batch.add(batches * BATCH, closed_loop_run, port, bodies, BATCH_CONCURRENCY)
+        batch.add(meter, batches * BATCH, closed_loop_run, port, bodies, BATCH_CONCURRENCY)
     baseline.producer.close()
     half = max(singles, key=lambda run: run.rate).rate / 2
     paced = Run(f"POST one event, open loop at {half:,.0f}/s (half the best)", 0, 0.0, [])
     requests_ = single_requests(port, 0, n, "half")
-    paced.add(n, lambda: run_loop(open_loop(port, requests_, half)))
+    paced.add(meter, n, lambda: run_loop(open_loop(port, requests_, half)))
     return direct, singles, paced, batch
 
 
@@ -276,17 +305,25 @@ def run(n: int = DEFAULT_N, workers: int = 2, rounds: int = 3) -> Section:
         "direct `Producer.enqueue()` in one thread against the same Redis; the closed-loop "
         f"methods run in {rounds} interleaved rounds. "
         "Latency is per request (a batch request carries "
-        f"{BATCH} events); the open-loop row counts each request from when it was due.",
+        f"{BATCH} events); the open-loop row counts each request from when it was due. "
+        "CPU ms per event: the ingest service's processes, Redis, and this process (the "
+        "load generator; for the baseline, the backend calling `enqueue()`), from /proc: "
+        "unlike events/s, hardly moved by other programs on the machine.",
     )
     redis_server = RedisServer().start()
     service = IngestService(redis_server.url, workers)
     try:
         service.start()
-        direct, singles, paced, batch = measure(redis_server.url, service.port, n, rounds)
+        assert service.process is not None
+        meter = CpuMeter(service.process.pid, redis_server.pid)
+        direct, singles, paced, batch = measure(redis_server.url, service.port, meter, n, rounds)
     finally:
         service.stop()
         redis_server.stop()
-    headers = ["method", "events/s", "vs direct", "p50 ms", "p99 ms"]
+    headers = [
+        "method", "events/s", "vs direct", "p50 ms", "p99 ms",
+        "CPU ms/event: service", "Redis", "client", "all",
+    ]  # fmt: skip
     rows = [run.row(direct.rate) for run in (direct, *singles, paced, batch)]
     section.add(table(headers, rows))
     section.add(table(["goal", "measured", "target", ""], verdicts(direct, singles, paced, batch)))
