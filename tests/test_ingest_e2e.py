@@ -106,9 +106,16 @@ def test_curl_post_reaches_the_sandbox_once_per_key_and_survives_a_redis_restart
         timeout=30,
         what="health to recover",
     )
-    retried = post(service, event("e2e-outage"), key="order-2-purchase")
-    assert retried.status_code == 202
+    # Retried with the same key until accepted, as a client does: never two jobs.
+    wait_until(
+        lambda: post(service, event("e2e-outage"), key="order-2-purchase").status_code == 202,
+        timeout=60,
+        what="the retried event to be accepted",
+    )
     wait_until(lambda: received(sandbox, "e2e-outage") == 1, timeout=90, what="the retried event")
+    assert post(service, event("e2e-after-outage")).status_code == 202
+    wait_until(lambda: received(sandbox, "e2e-after-outage") == 1, timeout=60, what="the next")
+    assert received(sandbox, "e2e-outage") == 1
 
     log = service.log()
     assert "503 for token ci" in log
