@@ -98,8 +98,10 @@ def resolved(service: dict[str, Any], env: dict[str, str]) -> dict[str, str]:
 # -- services and commands ------------------------------------------------------------------
 
 
-def test_the_six_services_and_one_image(services: dict[str, Any]) -> None:
-    assert set(services) == {"redis", "worker", "beat", "flower", "ingest", "sandbox"}
+def test_the_services_and_one_image(services: dict[str, Any]) -> None:
+    assert set(services) == {
+        "redis", "worker", "beat", "flower", "ingest", "sandbox", "prometheus", "grafana"
+    }  # fmt: skip
     ours = ("worker", "beat", "flower", "ingest", "sandbox")
     images = {services[name]["image"] for name in ours}
     assert len(images) == 1
@@ -251,3 +253,75 @@ def test_production_points_at_scalev_without_the_sandbox(services: dict[str, Any
     with pytest.raises(LookupError, match="SCALEV_API_BASE_URL"):
         resolved(services["worker"], {})
     assert "deploy/production.env" in (ROOT / ".gitignore").read_text().split()
+
+
+# -- the observability profile ----------------------------------------------------------------
+
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+GRAFANA_DIR = ROOT / "deploy" / "grafana"
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> host path (``./...``) of a service's bind mounts."""
+    found = {}
+    for volume in service["volumes"]:
+        source, target, *_ = volume.split(":")
+        if source.startswith("./"):
+            found[target] = source
+    return found
+
+
+def test_prometheus_and_grafana_only_with_the_observability_profile(
+    services: dict[str, Any],
+) -> None:
+    for name in ("prometheus", "grafana"):
+        service = services[name]
+        assert service["profiles"] == ["observability"], name
+        # Published on loopback only, like Flower.
+        assert all(str(port).startswith("127.0.0.1:") for port in service["ports"]), name
+        assert not any(
+            key.startswith(("SCALEV_", "SNACKVIDEO_")) for key in service.get("environment", {})
+        )
+    assert all("profiles" not in services[n] for n in ("redis", "worker", "beat", "flower"))
+
+
+def test_prometheus_loads_the_kit_and_scrapes_the_worker_service(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    prometheus = services["prometheus"]
+    tokens = command_tokens(prometheus)
+    config_file = next(t.split("=", 1)[1] for t in tokens if t.startswith("--config.file="))
+    config_dir, _, config_name = config_file.rpartition("/")
+    assert mounts(prometheus)[config_dir] == "./deploy/prometheus"
+    config = yaml.safe_load((PROMETHEUS_DIR / config_name).read_text())
+    for rule_file in config["rule_files"]:
+        assert (PROMETHEUS_DIR / rule_file).is_file()
+    (job,) = config["scrape_configs"]
+    (discovery,) = job["dns_sd_configs"]
+    assert discovery["names"] == ["worker"] and discovery["type"] == "A"
+    assert str(discovery["port"]) in [str(port) for port in services["worker"]["expose"]]
+    data = next(v for v in prometheus["volumes"] if not v.startswith("./"))
+    assert data.partition(":")[0] in compose["volumes"]
+
+
+def test_grafana_is_provisioned_with_the_datasource_and_the_dashboard(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    grafana = services["grafana"]
+    bound = mounts(grafana)
+    assert bound["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert bound[home] == "./deploy/grafana/snackvideo-dashboard.json"
+    datasources = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )
+    (source,) = datasources["datasources"]
+    published = services["prometheus"]["ports"][0].rsplit(":", 1)[1]
+    assert source["url"] == f"http://prometheus:{published}"
+    assert grafana["depends_on"] == ["prometheus"]
+    # No password in the file itself: it comes from the env file (Grafana's default else).
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith(
+        "${GRAFANA_ADMIN_PASSWORD"
+    )
+    data = next(v for v in grafana["volumes"] if not v.startswith("./"))
+    assert data.partition(":")[0] in compose["volumes"]
