@@ -265,7 +265,7 @@ class RedisServer:
     def stop(self) -> None:
         if self.client is not None:
             self.client.close()
-        _terminate(self.process)
+        terminate(self.process)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -329,7 +329,7 @@ class Sandbox:
 
     def stop(self) -> None:
         self.http.close()
-        _terminate(self.process)
+        terminate(self.process)
         if self.process is not None and self.process.stdout is not None:
             self.process.stdout.close()
 
@@ -431,7 +431,8 @@ class Worker:
         shutil.rmtree(self.log_path.parent, ignore_errors=True)
 
 
-def _terminate(process: subprocess.Popen[Any] | None) -> None:
+def terminate(process: subprocess.Popen[Any] | None) -> None:
+    """SIGTERM, then SIGKILL after 10 s; nothing when it is gone already."""
     if process is None or process.poll() is not None:
         return
     process.terminate()

@@ -49,6 +49,17 @@ def wait_until(
         time.sleep(interval)
 
 
+def terminate(process: subprocess.Popen[Any], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds; nothing when it is gone already."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class RedisServer:
     """A redis-server process the test owns: it may stop and restart it at will."""
 
@@ -200,13 +211,7 @@ class Sandbox:
 
     def stop(self) -> None:
         self.http.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         if self.process.stdout is not None:
             self.process.stdout.close()
 
@@ -383,3 +388,57 @@ def start_beat(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Beat]]:
     yield start
     for beat in started:
         beat.stop()
+
+
+class IngestProcess:
+    """``snackvideo ingest`` in its own process, as the Procfile starts it."""
+
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+        self.process = process
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        terminate(self.process, timeout=20)
+
+
+@pytest.fixture
+def start_ingest(tmp_path: Path) -> Iterator[Callable[..., IngestProcess]]:
+    """Factory: ``start_ingest(redis_url, workers=2, SNACKVIDEO_INGEST_TOKENS=...)``; waits
+    until it answers HTTP."""
+    started: list[IngestProcess] = []
+
+    def start(redis_url: str, *, workers: int = 1, **variables: str) -> IngestProcess:
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SNACKVIDEO_", "SCALEV_"))}
+        env.update({"REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"})
+        env.update(variables)
+        log_path = tmp_path / f"ingest-{len(started)}.log"
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(
+                [PYTHON, "-m", "worker.cli", "ingest", "--port", str(port),
+                 "--workers", str(workers)],
+                cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        service = IngestProcess(process, port, log_path)
+        started.append(service)
+
+        def listening() -> bool:
+            if process.poll() is not None:
+                pytest.fail(f"snackvideo ingest exited with {process.returncode}:\n{service.log()}")
+            try:
+                requests.get(f"{service.url}/openapi.json", timeout=2)
+                return True
+            except requests.RequestException:
+                return False
+
+        wait_until(listening, timeout=60, what="snackvideo ingest to listen")
+        return service
+
+    yield start
+    for service in started:
+        service.stop()

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ingest.settings import IngestSettings
 from producers.settings import ProducerSettings
 from sandbox.state import DEFAULT_STORES
 from tests.conftest import ROOT
@@ -101,11 +102,12 @@ def resolved(service: dict[str, Any], env: dict[str, str]) -> dict[str, str]:
 
 def test_the_services_and_one_image(services: dict[str, Any]) -> None:
     assert set(services) == {
-        "redis", "worker", "beat", "flower", "sandbox", "prometheus", "grafana"
+        "redis", "worker", "beat", "flower", "ingest", "sandbox", "prometheus", "grafana"
     }  # fmt: skip
-    images = {services[name]["image"] for name in ("worker", "beat", "flower", "sandbox")}
+    ours = ("worker", "beat", "flower", "ingest", "sandbox")
+    images = {services[name]["image"] for name in ours}
     assert len(images) == 1
-    assert all(services[name]["build"] == "." for name in ("worker", "beat", "flower", "sandbox"))
+    assert all(services[name]["build"] == "." for name in ours)
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("# ") and "FROM python:3.11-slim" in dockerfile
     assert "pip install ." in dockerfile
@@ -113,7 +115,7 @@ def test_the_services_and_one_image(services: dict[str, Any]) -> None:
 
 def test_every_procfile_process_runs_the_same_command(services: dict[str, Any]) -> None:
     processes = procfile()
-    assert set(processes) == {"worker", "beat", "flower", "sandbox"}
+    assert set(processes) == {"worker", "beat", "flower", "ingest", "sandbox"}
     for name, command in processes.items():
         expected = program(command)
         tokens = command_tokens(services[name])
@@ -221,6 +223,26 @@ def test_storefront_keys_reach_the_worker_only(services: dict[str, Any]) -> None
         has_keys = any(v.startswith("SCALEV_STOREFRONT") for v in service.get("environment", {}))
         assert has_keys == (name == "worker"), name
     assert not re.search(r"pk_(live|test)_", COMPOSE.read_text())
+
+
+def test_the_ingest_service_reads_its_settings_and_publishes_on_loopback(
+    services: dict[str, Any],
+) -> None:
+    ingest = services["ingest"]
+    variables = {IngestSettings.variable_of(field) for field in IngestSettings.model_fields}
+    missing = variables - set(ingest["environment"])
+    assert not missing, f"add to docker-compose.yml's ingest environment: {sorted(missing)}"
+    env = read_env_file(SANDBOX_ENV)
+    settings = IngestSettings.from_env(resolved(ingest, env))
+    assert (settings.ingest_address, settings.ingest_port) == ("0.0.0.0", 8088)
+    assert set(settings.ingest_tokens) == {"demo"}
+    port = "${SNACKVIDEO_INGEST_PORT:-8088}"
+    assert ingest["ports"] == [f"127.0.0.1:{port}:{port}"]
+    # No token: compose refuses to start rather than serve an API that refuses everyone.
+    with pytest.raises(LookupError, match="SNACKVIDEO_INGEST_TOKENS"):
+        resolved(ingest, {})
+    production = IngestSettings.from_env(resolved(ingest, read_env_file(PRODUCTION_ENV)))
+    assert production.ingest_tokens["shop-backend"].stores == {"store_abc"}
 
 
 # -- pointing it somewhere: the two env files ---------------------------------------------------
