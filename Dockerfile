@@ -1,4 +1,4 @@
-# One image for every process of docker-compose.yml: worker, beat, flower, sandbox.
+# One image for every process of docker-compose.yml: worker, beat, flower, ingest, sandbox.
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -11,6 +11,7 @@ COPY pyproject.toml README.md ./
 COPY producers producers
 COPY worker worker
 COPY sandbox sandbox
+COPY ingest ingest
 RUN pip install . \
     && useradd --system --uid 10001 --home-dir /var/lib/snackvideo snackvideo \
     && mkdir -p /var/lib/snackvideo \
@@ -19,5 +20,5 @@ RUN pip install . \
 # No process of this image needs root.
 USER snackvideo
 ENV SNACKVIDEO_STATE_DIR=/var/lib/snackvideo
-EXPOSE 9808 5555 8099
+EXPOSE 9808 5555 8088 8099
 CMD ["celery", "-A", "worker", "worker", "--loglevel", "INFO"]

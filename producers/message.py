@@ -32,6 +32,7 @@ def build_message(
     task_id: str,
     task_name: str = DELIVER_TASK,
     queue: str = DELIVERY_QUEUE,
+    delivery_tag: str | None = None,
 ) -> str:
     """Return the JSON string kombu's Redis transport expects on the queue list."""
     body = _compact([[], kwargs, _EMBED]).encode("utf-8")
@@ -71,7 +72,7 @@ def build_message(
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": 0,
             "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
+            "delivery_tag": delivery_tag or str(uuid.uuid4()),
         },
     }
     return _compact(envelope)

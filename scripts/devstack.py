@@ -6,7 +6,10 @@
   under ``$SNACKVIDEO_STATE_DIR/redis`` so jobs survive a restart of the demo.
 - Scalev: ``SCALEV_API_BASE_URL`` when set; otherwise the local sandbox, with the demo
   store's key from ``sandbox/demo-stores.json`` unless keys are configured.
-- The Procfile's processes under honcho, Flower on 127.0.0.1 (``FLOWER_ADDRESS``).
+- The Procfile's processes under honcho, Flower on 127.0.0.1 (``FLOWER_ADDRESS``), the
+  HTTP ingest service on ``SNACKVIDEO_INGEST_ADDRESS``:``SNACKVIDEO_INGEST_PORT``; without
+  ``SNACKVIDEO_INGEST_TOKENS``, with one token ``dev`` whose secret is made once into
+  ``$SNACKVIDEO_STATE_DIR/ingest-token`` (devstack prints the path, not the secret).
 - Once everything answers, what listens where, and the ``export REDIS_URL=...`` line a
   second terminal needs: without it the CLI there enqueues into another Redis, reports
   success, and nothing arrives.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ingest.settings import IngestSettings
 from producers.errors import ConfigurationError
 from producers.urls import without_password
 from scripts.dev_redis import (
@@ -124,7 +129,11 @@ class Service:
 
 
 def listening_services(env: dict[str, str], settings: Settings, sandbox: bool) -> list[Service]:
-    services = [Service("Flower", "FLOWER_PORT", env["FLOWER_ADDRESS"], _port(env, "FLOWER_PORT"))]
+    ingest = IngestSettings.from_env(env)
+    services = [
+        Service("Flower", "FLOWER_PORT", env["FLOWER_ADDRESS"], _port(env, "FLOWER_PORT")),
+        Service("ingest", "SNACKVIDEO_INGEST_PORT", ingest.ingest_address, ingest.ingest_port),
+    ]
     if settings.metrics_port:
         services.append(
             Service(
@@ -147,12 +156,15 @@ def _port(env: dict[str, str], variable: str) -> int:
     return int(value)
 
 
-def announce(services: Sequence[Service], url: str) -> None:
+def announce(services: Sequence[Service], url: str, token_file: Path | None) -> None:
     say("ready. For the snackvideo CLI in a second terminal (it needs no storefront key):")
     print(f"    {export_line(url)}", flush=True)
     for service in services:
         late = "" if service.answers() else "  (not answering yet)"
         say(f"{service.name:<8} {service.url}{late}")
+    if token_file is not None:
+        # The path, not the secret: the terminal's scrollback is a log too.
+        say(f"ingest token (name: dev): Authorization: Bearer $(cat {token_file})")
     say(f"stop: Ctrl-C, or kill -TERM {os.getpid()} (or -HUP, or SIGTERM to make run)")
 
 
@@ -164,6 +176,7 @@ def supervise(
     services: Sequence[Service],
     url: str,
     stop: StopRequest,
+    token_file: Path | None,
 ) -> None:
     """Until honcho exits or a stop is asked for; announces once everything answers."""
     ready_by = time.monotonic() + READY_TIMEOUT_SECONDS
@@ -172,7 +185,7 @@ def supervise(
         if not announced and (
             all(service.answers() for service in services) or time.monotonic() > ready_by
         ):
-            announce(services, url)
+            announce(services, url, token_file)
             announced = True
         time.sleep(POLL_SECONDS)
 
@@ -215,6 +228,21 @@ def stop_everything(
 # -- main ---------------------------------------------------------------------------------
 
 
+def dev_ingest_token(env: dict[str, str], state_dir: Path) -> Path | None:
+    """Without SNACKVIDEO_INGEST_TOKENS, one token named ``dev`` whose secret is kept in a
+    file of the state directory (made once, readable by its owner only); None when the
+    variable is set."""
+    if env.get("SNACKVIDEO_INGEST_TOKENS"):
+        return None
+    token_file = state_dir / "ingest-token"
+    if not token_file.exists():
+        descriptor = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(secrets.token_urlsafe(24))
+    env["SNACKVIDEO_INGEST_TOKENS"] = json.dumps({"dev": token_file.read_text().strip()})
+    return token_file
+
+
 def configure(env: dict[str, str]) -> tuple[Settings, list[str]]:
     """Fill in the demo's defaults; returns the settings and the Procfile processes to run."""
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -223,7 +251,7 @@ def configure(env: dict[str, str]) -> tuple[Settings, list[str]]:
     # Flower's own variable (it reads FLOWER_<option>): its default "" listens on every
     # interface, though its log says 127.0.0.1. docker compose publishes it on loopback.
     env.setdefault("FLOWER_ADDRESS", "127.0.0.1")
-    processes = ["worker", "beat", "flower"]
+    processes = ["worker", "beat", "flower", "ingest"]
     if not env.get("SCALEV_API_BASE_URL"):
         env.setdefault("SANDBOX_PORT", "8099")
         # Checked here: a bad port would otherwise be refused as the base URL built from it.
@@ -258,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
         settings, processes = configure(env)
+        token_file = dev_ingest_token(env, state_dir)
         services = listening_services(env, settings, sandbox="sandbox" in processes)
     except ValueError as exc:  # one line naming the variable; never echoes a key
         print(f"devstack: error: {exc}", file=sys.stderr, flush=True)
@@ -303,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 start_new_session=True,
                 preexec_fn=stop_with(os.getpid()),
             )
-            supervise(honcho, services, url, stop)
+            supervise(honcho, services, url, stop, token_file)
     except RedisStartError as exc:
         say(f"error: {exc}")
         return 1

@@ -47,6 +47,7 @@ BAD_VALUES = [
     ("SCALEV_STOREFRONT_API_KEYS", json.dumps({"shop-1": f"{SECRET}\r\nX-Injected: 1"})),
     ("SCALEV_STOREFRONT_API_KEY", f" {SECRET}"),
     ("SNACKVIDEO_THROTTLE_SCOPE", "global"),
+    ("SNACKVIDEO_LOG_FORMAT", "yaml"),
     ("SNACKVIDEO_REDRIVE_REASONS", "http_4O4"),
     ("SCALEV_API_BASE_URL", f"https://dispatch:{PASSWORD}@api.scalev.com"),
     ("REDIS_URL", f"redis://dispatch:{PASSWORD}@127.0.0.1:99999/0"),
@@ -140,3 +141,19 @@ def test_devstack_names_a_bad_port_it_would_build_on(variable: str) -> None:
     assert line == (
         f"devstack: error: invalid configuration: {variable}: must be an integer from 1 to 65535"
     )
+
+
+#: The ingest service reads the producer's variables and its own, never the worker's.
+INGEST_BAD_VALUES = [
+    ("SNACKVIDEO_INGEST_PORT", "0"),
+    ("SNACKVIDEO_INGEST_WORKERS", "abc"),
+    ("SNACKVIDEO_INGEST_TOKENS", json.dumps({"ci": f"{SECRET} with spaces"})),
+    ("SNACKVIDEO_INGEST_TOKENS", json.dumps({SECRET: "ci"})),  # name and secret swapped
+    ("REDIS_URL", f"redis://dispatch:{PASSWORD}@127.0.0.1:99999/0"),
+    ("SNACKVIDEO_ENQUEUE_TIMEOUT_SECONDS", "abc"),
+]
+
+
+@pytest.mark.parametrize(("variable", "value"), INGEST_BAD_VALUES)
+def test_the_ingest_service_refuses_each_bad_value_in_one_line(variable: str, value: str) -> None:
+    assert_refused([SNACKVIDEO, "ingest"], variable, value)

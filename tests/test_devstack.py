@@ -59,7 +59,9 @@ class Stack:
     def __init__(self, tmp_path: Path, reused_redis: RedisServer | None = None) -> None:
         self.state_dir = tmp_path / "state"
         self.log_path = tmp_path / "make-run.log"
-        self.ports = {name: free_port() for name in ("redis", "sandbox", "flower", "metrics")}
+        self.ports = {
+            name: free_port() for name in ("redis", "sandbox", "flower", "metrics", "ingest")
+        }
         # Without a Redis answering on REDIS_URL, devstack starts one there.
         self.reused_redis = reused_redis
         if reused_redis is not None:
@@ -71,6 +73,8 @@ class Stack:
             "SANDBOX_PORT": str(self.ports["sandbox"]),
             "FLOWER_PORT": str(self.ports["flower"]),
             "SNACKVIDEO_METRICS_PORT": str(self.ports["metrics"]),
+            "SNACKVIDEO_INGEST_PORT": str(self.ports["ingest"]),
+            "SNACKVIDEO_INGEST_WORKERS": "1",
             "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
             "WORKER_CONCURRENCY": "2",
             "PYTHONUNBUFFERED": "1",
@@ -199,6 +203,7 @@ def test_sigterm_to_make_run_stops_everything_and_the_next_run_starts(
     assert f"devstack: Flower   http://127.0.0.1:{ports['flower']}\n" in out
     assert f"devstack: metrics  http://127.0.0.1:{ports['metrics']}/metrics\n" in out
     assert f"devstack: sandbox  http://127.0.0.1:{ports['sandbox']}\n" in out
+    assert f"devstack: ingest   http://127.0.0.1:{ports['ingest']}\n" in out
     assert "started an embedded redis-server" in out
     for name, port in ports.items():
         assert listening_addresses(port) == {"127.0.0.1"}, name
@@ -224,11 +229,29 @@ def test_sigterm_to_make_run_stops_everything_and_the_next_run_starts(
         timeout=60,
         what="the event enqueued from a second terminal to reach the sandbox",
     )
+    # The ingest service, with the dev token devstack made and printed the path of.
+    token_file = stack.state_dir / "ingest-token"
+    assert f"Authorization: Bearer $(cat {token_file})" in out
+    assert token_file.read_text() not in out
+    posted = requests.post(
+        f"http://127.0.0.1:{ports['ingest']}/v1/stores/demo_store/events",
+        json=event("make-run-ingest"),
+        headers={"Authorization": f"Bearer {token_file.read_text()}"},
+        timeout=30,
+    )
+    assert posted.status_code == 202, posted.text
+    wait_until(
+        lambda: requests.get(sandbox, params={"click_id": "make-run-ingest"}, timeout=5).json()[
+            "events"
+        ],
+        timeout=60,
+        what="the event posted to the ingest service to reach the sandbox",
+    )
 
     started = stack.processes()
     commands = "\n".join(started.values())
     for part in ("make", "scripts.devstack", "redis-server", "honcho", "worker", "beat",
-                 "flower", "sandbox"):  # fmt: skip
+                 "flower", "sandbox", "ingest"):  # fmt: skip
         assert part in commands, part
     assert len(started) >= 12, commands  # with the worker's two pool children
 

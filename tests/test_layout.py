@@ -58,8 +58,14 @@ def run_cli(tmp_path: Path, args: list[str], redis_url: str, stdin: str = "") ->
 @pytest.mark.processes
 @pytest.mark.parametrize(
     "args",
-    [["--help"], ["sandbox", "--help"], ["dlq", "list"], ["dlq", "stats", "--json"]],
-    ids=["help", "sandbox", "dlq-list", "dlq-stats"],
+    [
+        ["--help"],
+        ["sandbox", "--help"],
+        ["ingest", "--help"],
+        ["dlq", "list"],
+        ["dlq", "stats", "--json"],
+    ],
+    ids=["help", "sandbox", "ingest", "dlq-list", "dlq-stats"],
 )
 def test_commands_start_without_celery(tmp_path: Path, redis_url: str, args: list[str]) -> None:
     result = run_cli(tmp_path, args, redis_url)
@@ -105,7 +111,7 @@ def test_every_package_ships_the_lua_beside_it() -> None:
 def test_no_module_imports_itself_through_others() -> None:
     # grimp reads every import statement, those inside functions too: a cycle hidden in a
     # function is still one module needing another that needs it.
-    graph = grimp.build_graph("worker", "producers", "sandbox", "scripts")
+    graph = grimp.build_graph("worker", "producers", "sandbox", "scripts", "ingest")
     cycles = sorted(
         (importer, imported)
         for importer in graph.modules

@@ -1,7 +1,8 @@
-"""The ``snackvideo`` command: enqueue, dlq, sandbox, status.
+"""The ``snackvideo`` command: enqueue, dlq, sandbox, status, ingest.
 
-Every command reads the worker's settings first, so an invalid one stops each of them the
-same way (one line, exit 2), the sandbox included. None imports Celery: ``status`` builds
+Every command but ``ingest`` reads the worker's settings first, so an invalid one stops
+each of them the same way (one line, exit 2), the sandbox included; ``ingest`` checks its
+own settings the same way. None imports Celery: ``status`` builds
 the Celery app for its worker ping, the one step that needs it.
 """
 
@@ -20,6 +21,12 @@ from worker.settings import get_settings, refuse
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # The ingest service reads its own settings (the producer's and its own), never the
+    # worker's: it holds no storefront key. Imported here, so no other command loads it.
+    if argv[:1] == ["ingest"]:
+        from ingest.server import exec_service
+
+        return exec_service(argv[1:])
     try:
         get_settings()
     except ConfigurationError as exc:
@@ -55,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     enqueue.add_parser(commands)
     commands.add_parser("sandbox", help="run the local Scalev stand-in (see: sandbox --help)")
+    commands.add_parser("ingest", help="serve the HTTP ingest API (see: ingest --help)")
     dlq.add_parser(commands)
     status.add_parser(commands)
     return parser

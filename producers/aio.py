@@ -1,0 +1,95 @@
+"""``AsyncProducer``: ``Producer`` for asyncio code (the HTTP ingest service, async web apps).
+
+The same validation, messages, idempotency script and retry bound as ``Producer``
+(``ProducerBase``), published with ``redis.asyncio`` so that waiting for Redis never
+blocks the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from tenacity import AsyncRetrying, RetryError
+
+from producers.enqueue import ENQUEUE_LUA, Enqueued, PreparedCall, ProducerBase, enqueued
+from producers.errors import EnqueueError
+
+
+class AsyncProducer(ProducerBase):
+    """Publishes jobs to one Redis from one event loop; create it inside the loop it serves."""
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        timeout_seconds: float | None = None,
+        idempotency_ttl_seconds: int | None = None,
+        max_payload_bytes: int | None = None,
+    ) -> None:
+        super().__init__(
+            redis_url,
+            timeout_seconds=timeout_seconds,
+            idempotency_ttl_seconds=idempotency_ttl_seconds,
+            max_payload_bytes=max_payload_bytes,
+        )
+        self.client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+            self.redis_url,
+            socket_timeout=self.socket_timeout,
+            socket_connect_timeout=self.socket_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._script = self.client.register_script(ENQUEUE_LUA)
+
+    async def enqueue(
+        self, store_id: str, payload: dict[str, Any], idempotency_key: str | None = None
+    ) -> Enqueued:
+        """Validate one event and enqueue it; says whether this call queued it."""
+        return enqueued(*await self._enqueue(store_id, [payload], [idempotency_key], True))[0]
+
+    async def enqueue_many(
+        self,
+        store_id: str,
+        payloads: Sequence[dict[str, Any]],
+        *,
+        idempotency_keys: Sequence[str | None] | None = None,
+    ) -> list[Enqueued]:
+        """Validate every event, then enqueue them all in one atomic round trip."""
+        return enqueued(*await self._enqueue(store_id, payloads, idempotency_keys, False))
+
+    async def _enqueue(
+        self,
+        store_id: str,
+        payloads: Sequence[dict[str, Any]],
+        idempotency_keys: Sequence[str | None] | None,
+        single: bool,
+    ) -> tuple[list[str], list[str]]:
+        call = self.prepare(store_id, payloads, idempotency_keys, single=single)
+        if call is None:
+            return [], []
+        return call.outcomes(await self._publish(call))
+
+    async def _publish(self, call: PreparedCall) -> list[Any]:
+        try:
+            async for attempt in AsyncRetrying(**self.retry_policy()):
+                with attempt:
+                    return list(await self._script(keys=call.keys, args=call.argv))
+        except RetryError as exc:
+            raise self.not_accepted(exc) from exc.last_attempt.exception()
+        except redis.RedisError as exc:
+            raise EnqueueError(f"Redis refused the job: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def ping(self) -> bool:
+        """Whether Redis answers now (one try, within the socket timeout)."""
+        try:
+            return bool(await self.client.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
