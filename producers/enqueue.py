@@ -32,6 +32,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from producers.connections import redis_client
 from producers.errors import ConfigurationError, EnqueueError, InvalidEvent
 from producers.keys import (
     DELIVERY_QUEUE,
@@ -41,7 +42,7 @@ from producers.keys import (
 )
 from producers.message import build_message
 from producers.models import JOB_SCHEMA_VERSION, validate_payload, validate_store_id
-from producers.settings import ProducerSettings
+from producers.settings import CLUSTER_REFUSAL, ProducerSettings
 
 #: Most payloads one ``enqueue_many`` call takes. The batch is one Lua call, and Redis runs
 #: nothing else meanwhile (no worker pops, no heartbeat is written): 1,000 events of ~1 KB
@@ -61,6 +62,23 @@ TRANSIENT_REDIS_ERRORS = (
     redis.exceptions.OutOfMemoryError,
     redis.exceptions.TryAgainError,
 )
+
+
+class NotReplicated(Exception):
+    """Raised (and retried) when fewer replicas than SNACKVIDEO_ENQUEUE_MIN_REPLICAS
+    confirmed a stored job within WAIT's timeout."""
+
+    def __init__(self, confirmed: int, wanted: int, wait_ms: int) -> None:
+        self.confirmed = confirmed
+        super().__init__(f"{confirmed} of {wanted} replica(s) confirmed it (WAIT {wait_ms} ms)")
+
+
+# A job stored on the master but on too few replicas: the retry, with the same call token,
+# pushes nothing again and waits once more (a failover may have left no replica yet).
+RETRIED_ERRORS = (*TRANSIENT_REDIS_ERRORS, NotReplicated)
+
+#: How a Redis Cluster node refuses the enqueue script's keys.
+CLUSTER_REPLIES = ("CROSSSLOT", "MOVED", "ASK ")
 
 _ENQUEUE_LUA = resources.files("producers").joinpath("lua/enqueue.lua").read_text()
 
@@ -103,13 +121,16 @@ class Producer:
         socket_timeout = min(2.0, self.timeout_seconds / 2)
         self._retry_window_seconds = self.timeout_seconds - socket_timeout
         self.call_ttl_seconds = call_ttl_seconds(self.timeout_seconds, socket_timeout)
-        self.client = client or redis.Redis.from_url(
-            self.redis_url,
+        self.client = client or redis_client(
+            settings,
             socket_timeout=socket_timeout,
             socket_connect_timeout=socket_timeout,
             retry=Retry(NoBackoff(), 0),
         )
         self._script = self.client.register_script(_ENQUEUE_LUA)
+        self.min_replicas = settings.enqueue_min_replicas
+        # WAIT blocks the connection: half the socket timeout leaves the reply time to come.
+        self.replica_wait_ms = max(1, int(socket_timeout * 1000 / 2))
 
     def enqueue(
         self, store_id: str, payload: dict[str, Any], idempotency_key: str | None = None
@@ -181,7 +202,7 @@ class Producer:
 
     def _publish(self, keys: list[str], argv: list[Any]) -> list[Any]:
         retrying = Retrying(
-            retry=retry_if_exception_type(TRANSIENT_REDIS_ERRORS),
+            retry=retry_if_exception_type(RETRIED_ERRORS),
             stop=stop_before_delay(self._retry_window_seconds),
             wait=wait_random_exponential(multiplier=0.05, max=1.0),
             reraise=False,
@@ -189,15 +210,45 @@ class Producer:
         try:
             for attempt in retrying:
                 with attempt:
+                    if self.min_replicas:
+                        return self._run_replicated(keys, argv)
                     return list(self._script(keys=keys, args=argv))
         except RetryError as exc:
             cause = exc.last_attempt.exception()
+            if isinstance(cause, NotReplicated):
+                raise EnqueueError(
+                    f"Redis stored the job but {cause}, within {self.timeout_seconds:g}s: it "
+                    "may still be delivered, and an enqueue with the same idempotency key "
+                    "does not queue it twice"
+                ) from cause
             raise EnqueueError(
                 f"Redis did not accept the job within {self.timeout_seconds:g}s: {cause}"
             ) from cause
         except redis.RedisError as exc:
+            if str(exc).startswith(CLUSTER_REPLIES):
+                raise EnqueueError(f"Redis refused the job: {CLUSTER_REFUSAL}") from exc
             raise EnqueueError(f"Redis refused the job: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _run_replicated(self, keys: list[str], argv: list[Any]) -> list[Any]:
+        """The script, then WAIT, on one connection in one round trip: WAIT counts the
+        replicas that have this connection's writes, the script's included."""
+        for _ in range(2):  # the second time after loading a script Redis did not know
+            pipe = self.client.pipeline(transaction=False)
+            pipe.evalsha(self._script.sha, len(keys), *keys, *argv)
+            pipe.execute_command("WAIT", self.min_replicas, self.replica_wait_ms)  # type: ignore[no-untyped-call]
+            result, confirmed = pipe.execute(raise_on_error=False)
+            if isinstance(result, redis.exceptions.NoScriptError):
+                self.client.script_load(_ENQUEUE_LUA)
+                continue
+            if isinstance(result, Exception):
+                raise result
+            if isinstance(confirmed, Exception):
+                raise confirmed
+            if int(confirmed) < self.min_replicas:
+                raise NotReplicated(int(confirmed), self.min_replicas, self.replica_wait_ms)
+            return list(result)
+        raise redis.exceptions.NoScriptError("the enqueue script did not stay loaded")
 
     def close(self) -> None:
         self.client.close()

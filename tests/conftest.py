@@ -51,7 +51,9 @@ def wait_until(
 class RedisServer:
     """A redis-server process the test owns: it may stop and restart it at will."""
 
-    def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, *, appendonly: bool = False, extra_args: tuple[str, ...] = ()
+    ) -> None:
         binary = redis_server_binary()
         if binary is None:
             if os.environ.get("CI"):
@@ -61,6 +63,8 @@ class RedisServer:
         self.port = free_port()
         self.workdir = workdir
         self.appendonly = appendonly
+        #: More redis-server flags (``--replicaof``, ``--tls-port``), after the ones here.
+        self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
@@ -76,6 +80,7 @@ class RedisServer:
             "--appendfsync", "everysec",
             "--maxmemory-policy", "noeviction",
             "--logfile", str(self.workdir / "redis.log"),
+            *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)

@@ -8,8 +8,11 @@ from typing import Any
 
 import redis
 
+from producers.connections import cluster_mode_problem
+from producers.connections import redis_client as connect
+from producers.errors import ConfigurationError
 from worker.clock import RedisClock
-from worker.settings import get_settings
+from worker.settings import get_settings, refuse
 
 _clients: dict[int, redis.Redis] = {}
 
@@ -19,14 +22,21 @@ def redis_client() -> redis.Redis:
     pid = os.getpid()
     client = _clients.get(pid)
     if client is None:
-        client = redis.Redis.from_url(
-            get_settings().redis_url,
+        client = connect(
+            get_settings(),
             socket_timeout=5,
             socket_connect_timeout=5,
             health_check_interval=10,
         )
         _clients[pid] = client
     return client
+
+
+def refuse_cluster_mode() -> None:
+    """Stop the process (one line, exit 2) when REDIS_URL leads to a Redis Cluster node."""
+    problem = cluster_mode_problem(redis_client())
+    if problem is not None:
+        refuse(ConfigurationError([("REDIS_URL", problem)]))
 
 
 _clocks: dict[int, RedisClock] = {}

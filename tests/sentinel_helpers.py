@@ -1,0 +1,177 @@
+"""A Redis master, its replica and three Sentinels, real processes on loopback ports.
+
+Sentinel is redis-server itself in Sentinel mode (``--sentinel``), started from a config
+file this module writes (Sentinel rewrites its config, so each gets its own). Failure
+detection is short (``down-after-milliseconds`` 1000) so that a failover takes seconds.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import RedisServer, free_port, wait_until
+
+MASTER_NAME = "mymaster"
+DOWN_AFTER_MS = 1000
+FAILOVER_TIMEOUT_MS = 5000
+SENTINELS = 3
+
+
+class Sentinel:
+    """One ``redis-server --sentinel`` process."""
+
+    def __init__(self, binary: str, workdir: Path, master_port: int) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config = workdir / "sentinel.conf"
+        self.config.write_text(
+            f"port {self.port}\n"
+            "bind 127.0.0.1\n"
+            f"dir {workdir}\n"
+            f"logfile {workdir / 'sentinel.log'}\n"
+            f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n"
+            f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}\n"
+            f"sentinel parallel-syncs {MASTER_NAME} 1\n"
+        )
+        self.process = subprocess.Popen(
+            [binary, str(self.config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+
+    def master_port(self) -> int | None:
+        try:
+            address = self.client.sentinel_get_master_addr_by_name(MASTER_NAME)
+        except redis.RedisError:
+            return None
+        return int(address[1]) if address else None
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class SentinelGroup:
+    """Master, replica and Sentinels; ``url`` is the Sentinel list every component uses."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.master = RedisServer(workdir / "master", appendonly=True)
+        self.replica = RedisServer(
+            workdir / "replica",
+            appendonly=True,
+            extra_args=("--replicaof", "127.0.0.1", str(self.master.port)),
+        )
+        self.sentinels: list[Sentinel] = []
+        self.workdir = workdir
+
+    def start(self) -> SentinelGroup:
+        self.master.start()
+        self.replica.start()
+        for n in range(SENTINELS):
+            sentinel = Sentinel(
+                self.master.binary, self.workdir / f"sentinel-{n}", self.master.port
+            )
+            self.sentinels.append(sentinel)
+        self.url = ";".join(f"sentinel://127.0.0.1:{s.port}" for s in self.sentinels)
+        self.wait_replicating(self.master, 1)
+        wait_until(
+            lambda: (
+                all(s.master_port() == self.master.port for s in self.sentinels)
+                and self.sentinels_know_each_other()
+            ),
+            timeout=30,
+            what="the Sentinels to agree on the master and see each other",
+        )
+        return self
+
+    def sentinels_know_each_other(self) -> bool:
+        try:
+            return all(
+                len(s.client.sentinel_sentinels(MASTER_NAME)) >= SENTINELS - 1
+                for s in self.sentinels
+            )
+        except redis.RedisError:
+            return False
+
+    @staticmethod
+    def wait_replicating(server: RedisServer, replicas: int, timeout: float = 30) -> None:
+        client = redis.Redis(port=server.port, socket_timeout=1)
+
+        def synced() -> bool:
+            try:
+                info = client.info("replication")
+            except redis.RedisError:
+                return False
+            online = [
+                value
+                for key, value in info.items()
+                if key.startswith("slave") and isinstance(value, dict)
+            ]
+            return sum(1 for r in online if r.get("state") == "online") >= replicas
+
+        try:
+            wait_until(synced, timeout=timeout, what=f"{replicas} replica(s) online")
+        finally:
+            client.close()
+
+    def master_port(self) -> int | None:
+        for sentinel in self.sentinels:
+            port = sentinel.master_port()
+            if port is not None:
+                return port
+        return None
+
+    def kill_master(self) -> RedisServer:
+        """SIGKILL the current master; returns it (its process gone)."""
+        old = self.master
+        old.stop(signal.SIGKILL)
+        return old
+
+    def wait_promoted(self, timeout: float = 60) -> float:
+        """Wait until the Sentinels name the replica as master; returns when (monotonic)."""
+        wait_until(
+            lambda: self.master_port() == self.replica.port,
+            timeout=timeout,
+            interval=0.05,
+            what="the Sentinels to promote the replica",
+        )
+        promoted_at = time.monotonic()
+        self.master, self.replica = self.replica, self.master
+        return promoted_at
+
+    def stop(self) -> None:
+        for sentinel in self.sentinels:
+            sentinel.stop()
+        self.master.stop()
+        self.replica.stop()
+
+
+@pytest.fixture(name="sentinel_group")
+def sentinel_group_fixture(tmp_path: Path) -> Iterator[Callable[[], SentinelGroup]]:
+    """Factory: ``sentinel_group()`` starts master, replica and three Sentinels."""
+    started: list[SentinelGroup] = []
+
+    def start() -> SentinelGroup:
+        group = SentinelGroup(tmp_path / f"sentinel-group-{len(started)}")
+        started.append(group)
+        return group.start()
+
+    yield start
+    for group in started:
+        group.stop()
