@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 import redis
 
+from producers.connections import redis_client
 from producers.enqueue import Producer
+from producers.settings import ProducerSettings
 from tests.conftest import STORE, Sandbox, wait_until
 from worker.deadletter.store import DeadLetterStore
 from worker.keys import UNACKED
@@ -89,7 +91,8 @@ class Ledger:
         return Counter(e["click_id"] for e in self.sandbox.events() if e["click_id"] in ours)
 
     def dead_lettered(self) -> set[str]:
-        client = redis.Redis.from_url(self.redis_url)
+        # The factory every component uses: redis_url may be a Sentinel list.
+        client = redis_client(ProducerSettings.from_env({"REDIS_URL": self.redis_url}))
         try:
             return {entry.job_id for entry in DeadLetterStore(client).iter_entries()}
         finally:
