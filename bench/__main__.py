@@ -1,8 +1,9 @@
 """``make bench`` / ``python -m bench``: run every benchmark, print the tables, write the docs.
 
 Sections run in order (``--only`` picks some): the sandbox's ceiling, the producer,
-unthrottled delivery, Redis round trips, candidate hot-path changes, throttled delivery
-(``bench/throttle.py``, when it exists), memory, and a py-spy profile of the hot path.
+the producer waiting for a replica, unthrottled delivery, Redis round trips, candidate
+hot-path changes, throttled delivery (``bench/throttle.py``, when it exists), memory, and
+a py-spy profile of the hot path.
 The full run writes ``docs/benchmarks.md``: the tables, the machine, the versions and the
 date. Hand-written analysis between the ``notes`` markers of the existing file is kept
 across runs.
@@ -30,7 +31,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from bench import delivery, hotpath, memory, producer, roundtrips, sandbox_ceiling, variants
+from bench import (
+    delivery,
+    hotpath,
+    memory,
+    producer,
+    replicas,
+    roundtrips,
+    sandbox_ceiling,
+    variants,
+)
 from bench.common import DEFAULT_N, ROOT, Section, env_int, load_average, redis_server_binary
 
 NOTES_START = "<!-- notes:start (kept when make bench rewrites this file) -->"
@@ -38,6 +48,7 @@ NOTES_END = "<!-- notes:end -->"
 SECTIONS = (
     "sandbox",
     "producer",
+    "replicas",
     "delivery",
     "roundtrips",
     "variants",
@@ -176,6 +187,7 @@ def run_sections(args: argparse.Namespace, chosen: list[str]) -> list[Section]:
     runners: dict[str, Callable[[], Section]] = {
         "sandbox": lambda: sandbox_ceiling.run(args.n, concurrencies),
         "producer": lambda: producer.run(args.n),
+        "replicas": lambda: replicas.run(args.n),
         "delivery": lambda: delivery.run(args.n, concurrencies)[0],
         "roundtrips": lambda: roundtrips.run(min(args.n, 1_000)),
         "variants": lambda: variants.run(min(args.n, 1_500)),

@@ -102,6 +102,7 @@ class Producer:
         timeout_seconds: float | None = None,
         idempotency_ttl_seconds: int | None = None,
         max_payload_bytes: int | None = None,
+        min_replicas: int | None = None,
         client: redis.Redis | None = None,
     ) -> None:
         settings = producer_settings(
@@ -109,6 +110,7 @@ class Producer:
             timeout_seconds=timeout_seconds,
             idempotency_ttl_seconds=idempotency_ttl_seconds,
             max_payload_bytes=max_payload_bytes,
+            min_replicas=min_replicas,
         )
         self.settings = settings
         self.redis_url = settings.redis_url
@@ -260,6 +262,7 @@ _ARGUMENT_FIELDS = {
     "timeout_seconds": "enqueue_timeout_seconds",
     "idempotency_ttl_seconds": "idempotency_ttl_seconds",
     "max_payload_bytes": "max_payload_bytes",
+    "min_replicas": "enqueue_min_replicas",
 }
 
 
