@@ -76,6 +76,8 @@ class Ledger:
     redis_url: str
     sandbox: Sandbox
     offered: dict[str, str] = field(default_factory=dict)  # job_id -> click_id
+    #: More connection variables (a Sentinel password) for the ledger's own reads.
+    redis_env: dict[str, str] = field(default_factory=dict)
 
     def offer(self, prefix: str, count: int, producer: Producer | None = None) -> list[str]:
         """Enqueue ``count`` jobs in one batch; returns their ids."""
@@ -92,7 +94,8 @@ class Ledger:
 
     def dead_lettered(self) -> set[str]:
         # The factory every component uses: redis_url may be a Sentinel list.
-        client = redis_client(ProducerSettings.from_env({"REDIS_URL": self.redis_url}))
+        environ = {**self.redis_env, "REDIS_URL": self.redis_url}
+        client = redis_client(ProducerSettings.from_env(environ))
         try:
             return {entry.job_id for entry in DeadLetterStore(client).iter_entries()}
         finally:

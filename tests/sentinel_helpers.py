@@ -27,7 +27,9 @@ SENTINELS = 3
 class Sentinel:
     """One ``redis-server --sentinel`` process."""
 
-    def __init__(self, binary: str, workdir: Path, master_port: int) -> None:
+    def __init__(
+        self, binary: str, workdir: Path, master_port: int, password: str | None = None
+    ) -> None:
         self.port = free_port()
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -41,13 +43,17 @@ class Sentinel:
             f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}\n"
             f"sentinel parallel-syncs {MASTER_NAME} 1\n"
+            # A Sentinel with a password also gives it to the other Sentinels.
+            + (f"requirepass {password}\nsentinel sentinel-pass {password}\n" if password else "")
         )
         self.process = subprocess.Popen(
             [binary, str(self.config), "--sentinel"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        self.client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        self.client = redis.Redis(
+            port=self.port, password=password, socket_timeout=1, socket_connect_timeout=1
+        )
 
     def master_port(self) -> int | None:
         try:
@@ -70,7 +76,8 @@ class Sentinel:
 class SentinelGroup:
     """Master, replica and Sentinels; ``url`` is the Sentinel list every component uses."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, sentinel_password: str | None = None) -> None:
+        self.sentinel_password = sentinel_password
         self.master = RedisServer(workdir / "master", appendonly=True)
         self.replica = RedisServer(
             workdir / "replica",
@@ -163,12 +170,13 @@ class SentinelGroup:
 
 
 @pytest.fixture(name="sentinel_group")
-def sentinel_group_fixture(tmp_path: Path) -> Iterator[Callable[[], SentinelGroup]]:
-    """Factory: ``sentinel_group()`` starts master, replica and three Sentinels."""
+def sentinel_group_fixture(tmp_path: Path) -> Iterator[Callable[..., SentinelGroup]]:
+    """Factory: ``sentinel_group(sentinel_password=None)`` starts master, replica and three
+    Sentinels."""
     started: list[SentinelGroup] = []
 
-    def start() -> SentinelGroup:
-        group = SentinelGroup(tmp_path / f"sentinel-group-{len(started)}")
+    def start(sentinel_password: str | None = None) -> SentinelGroup:
+        group = SentinelGroup(tmp_path / f"sentinel-group-{len(started)}", sentinel_password)
         started.append(group)
         return group.start()
 
