@@ -95,7 +95,9 @@ def test_sentinel_failover_mid_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     group = sentinel_group()
-    sandbox = start_sandbox("--latency-ms", "10")
+    # Every click's first attempt gets a 503: each job also passes through the delayed set,
+    # so the due-job mover and the worker's bookkeeping client cross the failover too.
+    sandbox = start_sandbox("--latency-ms", "10", "--fail-first", "1")
     ledger = Ledger(group.url, sandbox)
     env = worker_env(group.url, sandbox.base_url, **RECOVERY_ENV, SNACKVIDEO_DEFAULT_RATE="1000")
     worker = start_worker(env, concurrency=CONCURRENCY)
