@@ -77,8 +77,13 @@ class NotReplicated(Exception):
 # pushes nothing again and waits once more (a failover may have left no replica yet).
 RETRIED_ERRORS = (*TRANSIENT_REDIS_ERRORS, NotReplicated)
 
-#: How a Redis Cluster node refuses the enqueue script's keys.
-CLUSTER_REPLIES = ("CROSSSLOT", "MOVED", "ASK ")
+#: How a Redis Cluster node refuses the enqueue script's keys (CLUSTERDOWN, CROSSSLOT,
+#: MOVED, ASK), as redis-py raises them.
+CLUSTER_REFUSALS = (
+    redis.exceptions.ClusterError,
+    redis.exceptions.ClusterCrossSlotError,
+    redis.exceptions.AskError,
+)
 
 _ENQUEUE_LUA = resources.files("producers").joinpath("lua/enqueue.lua").read_text()
 
@@ -227,7 +232,7 @@ class Producer:
                 f"Redis did not accept the job within {self.timeout_seconds:g}s: {cause}"
             ) from cause
         except redis.RedisError as exc:
-            if str(exc).startswith(CLUSTER_REPLIES):
+            if isinstance(exc, CLUSTER_REFUSALS):
                 raise EnqueueError(f"Redis refused the job: {CLUSTER_REFUSAL}") from exc
             raise EnqueueError(f"Redis refused the job: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
