@@ -2,7 +2,9 @@
 
 A call either returns job ids that are in Redis or raises: validation errors raise
 ``InvalidEvent`` before anything is written, and a Redis that does not answer within
-``SNACKVIDEO_ENQUEUE_TIMEOUT_SECONDS`` raises ``EnqueueError``.
+``SNACKVIDEO_ENQUEUE_TIMEOUT_SECONDS`` raises ``EnqueueError``. With
+``SNACKVIDEO_ENQUEUE_MIN_REPLICAS`` set, "in Redis" means on the master and that many
+replicas (``WAIT``), so that a failover cannot lose what the call returned.
 
 A call queues each event at most once, however often it retries. Its job ids and messages
 are built once, before the first attempt, together with a call token. The Lua script
