@@ -70,9 +70,9 @@ class NotReplicated(Exception):
     """Raised (and retried) when fewer replicas than SNACKVIDEO_ENQUEUE_MIN_REPLICAS
     confirmed a stored job within WAIT's timeout."""
 
-    def __init__(self, confirmed: int, wanted: int, wait_ms: int) -> None:
+    def __init__(self, confirmed: int, wanted: int) -> None:
         self.confirmed = confirmed
-        super().__init__(f"{confirmed} of {wanted} replica(s) confirmed it (WAIT {wait_ms} ms)")
+        super().__init__(f"{confirmed} of {wanted} replica(s) confirmed it")
 
 
 # A job stored on the master but on too few replicas: the retry, with the same call token,
@@ -226,7 +226,7 @@ class Producer:
             cause = exc.last_attempt.exception()
             if isinstance(cause, NotReplicated):
                 raise EnqueueError(
-                    f"Redis stored the job but {cause}, within {self.timeout_seconds:g}s: it "
+                    f"Redis stored the job, but {cause} within {self.timeout_seconds:g}s: it "
                     "may still be delivered, and an enqueue with the same idempotency key "
                     "does not queue it twice"
                 ) from cause
@@ -255,7 +255,7 @@ class Producer:
             if isinstance(confirmed, Exception):
                 raise confirmed
             if int(confirmed) < self.min_replicas:
-                raise NotReplicated(int(confirmed), self.min_replicas, self.replica_wait_ms)
+                raise NotReplicated(int(confirmed), self.min_replicas)
             return list(result)
         raise redis.exceptions.NoScriptError("the enqueue script did not stay loaded")
 

@@ -1,4 +1,5 @@
-"""A Redis master, its replica and three Sentinels, real processes on loopback ports.
+"""A Redis master, its replicas (one unless asked) and three Sentinels, real processes on
+loopback ports.
 
 Sentinel is redis-server itself in Sentinel mode (``--sentinel``), started from a config
 file this module writes (Sentinel rewrites its config, so each gets its own). Failure
@@ -76,27 +77,36 @@ class Sentinel:
 class SentinelGroup:
     """Master, replica and Sentinels; ``url`` is the Sentinel list every component uses."""
 
-    def __init__(self, workdir: Path, sentinel_password: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, sentinel_password: str | None = None, replicas: int = 1
+    ) -> None:
         self.sentinel_password = sentinel_password
         self.master = RedisServer(workdir / "master", appendonly=True)
-        self.replica = RedisServer(
-            workdir / "replica",
-            appendonly=True,
-            extra_args=("--replicaof", "127.0.0.1", str(self.master.port)),
-        )
+        self.replicas = [
+            RedisServer(
+                workdir / f"replica-{n}",
+                appendonly=True,
+                extra_args=("--replicaof", "127.0.0.1", str(self.master.port)),
+            )
+            for n in range(replicas)
+        ]
         self.sentinels: list[Sentinel] = []
         self.workdir = workdir
 
     def start(self) -> SentinelGroup:
         self.master.start()
-        self.replica.start()
+        for replica in self.replicas:
+            replica.start()
         for n in range(SENTINELS):
             sentinel = Sentinel(
-                self.master.binary, self.workdir / f"sentinel-{n}", self.master.port
+                self.master.binary,
+                self.workdir / f"sentinel-{n}",
+                self.master.port,
+                self.sentinel_password,
             )
             self.sentinels.append(sentinel)
         self.url = ";".join(f"sentinel://127.0.0.1:{s.port}" for s in self.sentinels)
-        self.wait_replicating(self.master, 1)
+        self.wait_replicating(self.master, len(self.replicas))
         wait_until(
             lambda: (
                 all(s.master_port() == self.master.port for s in self.sentinels)
@@ -137,6 +147,10 @@ class SentinelGroup:
         finally:
             client.close()
 
+    @property
+    def replica(self) -> RedisServer:
+        return self.replicas[0]
+
     def master_port(self) -> int | None:
         for sentinel in self.sentinels:
             port = sentinel.master_port()
@@ -151,32 +165,38 @@ class SentinelGroup:
         return old
 
     def wait_promoted(self, timeout: float = 60) -> float:
-        """Wait until the Sentinels name the replica as master; returns when (monotonic)."""
+        """Wait until the Sentinels name a replica as master; returns when (monotonic).
+        The old master then counts as a replica (stopped until the test restarts it)."""
+        ports = {replica.port: replica for replica in self.replicas}
         wait_until(
-            lambda: self.master_port() == self.replica.port,
+            lambda: self.master_port() in ports,
             timeout=timeout,
             interval=0.05,
-            what="the Sentinels to promote the replica",
+            what="the Sentinels to promote a replica",
         )
         promoted_at = time.monotonic()
-        self.master, self.replica = self.replica, self.master
+        promoted = ports[self.master_port() or 0]
+        self.replicas = [r for r in self.replicas if r is not promoted] + [self.master]
+        self.master = promoted
         return promoted_at
 
     def stop(self) -> None:
         for sentinel in self.sentinels:
             sentinel.stop()
         self.master.stop()
-        self.replica.stop()
+        for replica in self.replicas:
+            replica.stop()
 
 
 @pytest.fixture(name="sentinel_group")
 def sentinel_group_fixture(tmp_path: Path) -> Iterator[Callable[..., SentinelGroup]]:
-    """Factory: ``sentinel_group(sentinel_password=None)`` starts master, replica and three
-    Sentinels."""
+    """Factory: ``sentinel_group(sentinel_password=None, replicas=1)`` starts a master, its
+    replicas and three Sentinels."""
     started: list[SentinelGroup] = []
 
-    def start(sentinel_password: str | None = None) -> SentinelGroup:
-        group = SentinelGroup(tmp_path / f"sentinel-group-{len(started)}", sentinel_password)
+    def start(sentinel_password: str | None = None, replicas: int = 1) -> SentinelGroup:
+        directory = tmp_path / f"sentinel-group-{len(started)}"
+        group = SentinelGroup(directory, sentinel_password, replicas)
         started.append(group)
         return group.start()
 

@@ -1,23 +1,27 @@
 """Fault: the Redis master is SIGKILLed mid-run and Sentinel promotes its replica.
 
-Real processes: a master with AOF, its replica, three Sentinels (failure seen after
-1 s), a ``celery worker`` and the sandbox, all reaching Redis through the Sentinel list.
+Real processes: a master with AOF, one replica (two in the last case), three Sentinels
+(failure seen after 1 s), a ``celery worker`` and the sandbox, all reaching Redis through
+the Sentinel list.
 A producer thread enqueues one keyed event at a time throughout; the master is killed once
 deliveries run, and restarted after the promotion (as a supervisor would), so that it
 rejoins as the new master's replica. The summary line adds: ``recovery_s``, seconds from
 the kill to the first delivery after the promotion; ``promoted_s``, from the kill to the
 Sentinels naming the new master; ``acked_again_s``, from the kill to the first enqueue
-the new master acknowledged (with WAIT: once the old master is its replica); ``lost``,
+the new master acknowledged (with WAIT and one replica: once the old master is its
+replica; with two, once the other replica follows the new master); ``lost``,
 acknowledged jobs neither delivered nor dead-lettered; ``refused``, enqueue calls that
 raised.
 
 What has to hold: the worker follows the new master by itself, and deliveries resume
 within seconds of the kill. With ``SNACKVIDEO_ENQUEUE_MIN_REPLICAS=1`` every job that
-``enqueue`` acknowledged is delivered or dead-lettered: the replica had it before the
-producer was told. Without it, the jobs acknowledged in the instant before the kill may
-be missing from the replica; the figures say how many were (the asynchronous replication
-of a loopback replica is fast, so usually none). A refused enqueue (``EnqueueError``,
-while no master answered) may still have been stored: such jobs are counted, not owed.
+``enqueue`` acknowledged is delivered or dead-lettered: a replica had it before the
+producer was told (with two replicas, Sentinel promotes the one furthest along). Without
+it, the jobs acknowledged in the instant before the kill may be missing from the
+replica; the figures say how many were (the asynchronous replication of a loopback
+replica is fast, so usually none). A refused enqueue (``EnqueueError``, while no master
+answered, or too few replicas confirmed) may still have been stored: such jobs are
+counted, not owed.
 """
 
 from __future__ import annotations
@@ -84,9 +88,14 @@ class SteadyProducer(threading.Thread):
             time.sleep(0.01)
 
 
-@pytest.mark.parametrize("min_replicas", ["0", "1"])
+@pytest.mark.parametrize(
+    ("min_replicas", "replicas"),
+    [("0", 1), ("1", 1), ("1", 2)],
+    ids=["min_replicas_0", "min_replicas_1", "min_replicas_1_two_replicas"],
+)
 def test_sentinel_failover_mid_run(
     min_replicas: str,
+    replicas: int,
     sentinel_group: Callable[[], SentinelGroup],
     start_sandbox: Callable[..., Sandbox],
     start_worker: Callable[..., Worker],
@@ -94,7 +103,7 @@ def test_sentinel_failover_mid_run(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    group = sentinel_group()
+    group = sentinel_group(replicas=replicas)
     # Every click's first attempt gets a 503: each job also passes through the delayed set,
     # so the due-job mover and the worker's bookkeeping client cross the failover too.
     sandbox = start_sandbox("--latency-ms", "10", "--fail-first", "1")
@@ -144,7 +153,7 @@ def test_sentinel_failover_mid_run(
     refused_delivered = sum(1 for click in steady.refused if click in delivered_clicks)
     latencies = sorted(steady.latencies)
     line = summary.line(
-        f"sentinel_failover_min_replicas_{min_replicas}",
+        f"sentinel_failover_min_replicas_{min_replicas}_replicas_{replicas}",
         resume_s,
         lost=len(summary.unaccounted),
         refused=refused_at_end,

@@ -105,6 +105,8 @@ def test_beat_flower_and_cli_with_sentinel_and_master_passwords(
         )  # fmt: skip
         client.close()
     first, *others = group.sentinels
+    with pytest.raises(redis.AuthenticationError):  # the Sentinels do ask for it
+        redis.Redis(port=first.port).ping()
     # kombu reads the master's credentials from the first URL only.
     url = ";".join(
         [f"sentinel://{MASTER_USER}:{MASTER_PASSWORD}@127.0.0.1:{first.port}"]
