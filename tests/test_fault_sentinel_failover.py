@@ -62,6 +62,7 @@ class SteadyProducer(threading.Thread):
         self.producer = producer
         self.ledger = ledger
         self.refused: list[str] = []
+        self.refusals: list[tuple[float, str]] = []  # (monotonic, the error's text)
         self.latencies: list[float] = []
         self.acked_at: list[float] = []  # monotonic
         self.stopping = threading.Event()
@@ -79,8 +80,9 @@ class SteadyProducer(threading.Thread):
             started = time.monotonic()
             try:
                 job_id = self.producer.enqueue(STORE, event(click), idempotency_key=click)
-            except EnqueueError:
+            except EnqueueError as exc:
                 self.refused.append(click)
+                self.refusals.append((started, str(exc)))
                 continue
             self.acked_at.append(time.monotonic())
             self.latencies.append(self.acked_at[-1] - started)
@@ -163,8 +165,13 @@ def test_sentinel_failover_mid_run(
         acked_before_kill=acked_before_kill,
         enqueue_p50_ms=f"{latencies[len(latencies) // 2] * 1000:.2f}",
         marker_stopped=marker_stopped(worker.log()),
+        # When each refused call started, from the kill (negative: before it).
+        refused_started_s=",".join(f"{at - killed_mono:.1f}" for at, _ in steady.refusals[:5])
+        or "-",
     )
     report(line, tmp_path, capsys)
+    for _, text in steady.refusals[:3]:
+        print(f"refused: {text}")
     producer.close()
 
     if min_replicas == "1":
