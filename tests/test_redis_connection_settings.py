@@ -109,7 +109,21 @@ def test_a_sentinel_client_asks_for_the_master_by_name_with_its_credentials() ->
     client.close()
 
 
-@given(st.lists(st.text(alphabet="abcXYZ019-_.~", min_size=1, max_size=12), min_size=1, max_size=4))
+HOSTS = st.sampled_from(["10.0.0.7", "s1.internal", "[::1]"])
+
+
+@given(st.lists(st.tuples(HOSTS, st.integers(1, 65535)), min_size=1, max_size=5))
+def test_any_list_of_sentinels_is_read_back_in_order(sentinels: list[tuple[str, int]]) -> None:
+    url = ";".join(f"sentinel://{host}:{port}" for host, port in sentinels)
+    assert ProducerSettings.from_env({"REDIS_URL": url}).redis_url == url
+    assert Settings.from_env({"REDIS_URL": url}).redis_url == url
+    assert sentinel_addresses(url) == [(host.strip("[]"), port) for host, port in sentinels]
+
+
+PASSWORD_TEXT = st.text(alphabet="abcXYZ019-_.~", min_size=1, max_size=12)
+
+
+@given(st.lists(PASSWORD_TEXT, min_size=1, max_size=4))
 def test_every_password_of_a_sentinel_list_is_masked(passwords: list[str]) -> None:
     url = ";".join(
         f"sentinel://user:{password}@10.0.0.{n}:26379" for n, password in enumerate(passwords)

@@ -15,10 +15,20 @@ from pathlib import Path
 
 import pytest
 import redis
+import requests
 
 from producers import EnqueueError, Producer
 from producers.keys import DELIVERY_QUEUE, ENQUEUED_COUNTER
-from tests.conftest import PYTHON, ROOT, STORE, Sandbox, Worker, wait_until, worker_env
+from tests.conftest import (
+    PYTHON,
+    ROOT,
+    STORE,
+    Sandbox,
+    Worker,
+    free_port,
+    wait_until,
+    worker_env,
+)
 from tests.fault_helpers import Ledger, event
 from tests.sentinel_helpers import SentinelGroup, sentinel_group_fixture  # noqa: F401
 from tests.test_flower import Flower, start_flower
@@ -118,7 +128,8 @@ def test_beat_flower_and_cli_with_sentinel_and_master_passwords(
         SNACKVIDEO_REDIS_SENTINEL_PASSWORD=SENTINEL_PASSWORD,
         SNACKVIDEO_REDRIVE_INTERVAL_SECONDS="1",
     )
-    worker = start_worker(env, concurrency=1)
+    metrics_port = free_port()
+    worker = start_worker({**env, "SNACKVIDEO_METRICS_PORT": str(metrics_port)}, concurrency=1)
     beat_log = tmp_path / "beat.log"
     with open(beat_log, "wb") as log_file:
         beat = subprocess.Popen(
@@ -154,6 +165,10 @@ def test_beat_flower_and_cli_with_sentinel_and_master_passwords(
             assert done.returncode == 0, done.stderr
             assert MASTER_PASSWORD not in done.stdout + done.stderr
 
+        # The metrics collectors read the master through the Sentinels too.
+        metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert "snackvideo_redis_up 1.0" in metrics
+
         # Every connection to the master authenticated as the URL's user.
         master = redis.Redis(port=group.master.port)
         users = {
@@ -164,7 +179,13 @@ def test_beat_flower_and_cli_with_sentinel_and_master_passwords(
         master.close()
         assert MASTER_USER in users
 
-        shown = [worker.log(), beat_log.read_text(), flower.log_path.read_text(), broker_page.text]
+        shown = [
+            worker.log(),
+            beat_log.read_text(),
+            flower.log_path.read_text(),
+            broker_page.text,
+            metrics,
+        ]
         for text in shown:
             assert SENTINEL_PASSWORD not in text
             assert MASTER_PASSWORD not in text
