@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import redis
 
@@ -72,6 +72,30 @@ def describe_reused_redis(url: str) -> list[str]:
     return lines
 
 
+def credentials_config(url: str) -> str:
+    """redis.conf lines that make the embedded Redis accept the URL's user and password.
+
+    Without them a URL with a password could never answer: Redis refuses AUTH with a
+    password it was not given. They go to redis-server on stdin (``redis-server -``), never
+    on its command line, which ``ps`` shows to every user of the host.
+    """
+    parsed = urlparse(url)
+    if not parsed.password:
+        return ""
+    password = unquote(parsed.password)
+    user = unquote(parsed.username or "") or "default"
+    if user == "default":
+        return f"requirepass {_quoted(password)}\n"
+    # An ACL user with every permission (a development Redis), and no anonymous access.
+    return f"user {_quoted(user)} on {_quoted('>' + password)} ~* &* +@all\nuser default off\n"
+
+
+def _quoted(value: str) -> str:
+    """A redis.conf argument: double-quoted, so spaces and quotes in a password survive."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
 class RedisStartError(RuntimeError):
     """The embedded redis-server cannot start; the message says where to look."""
 
@@ -97,6 +121,7 @@ def start_embedded_redis(
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
         binary,
+        "-",  # the rest of the configuration from stdin: credentials_config
         "--port", str(parsed.port or 6379),
         "--bind", "127.0.0.1",
         "--dir", str(data_dir),
@@ -110,12 +135,16 @@ def start_embedded_redis(
     ]  # fmt: skip
     process = subprocess.Popen(
         args,
+        stdin=subprocess.PIPE,
         env=env,
         # Its own session: a Ctrl-C reaches devstack, not Redis, which stops last so that
         # workers can still acknowledge on their way out.
         start_new_session=True,
         preexec_fn=stop_with(os.getpid()),
     )
+    assert process.stdin is not None
+    process.stdin.write(credentials_config(url).encode())
+    process.stdin.close()
     deadline = time.monotonic() + 10
     while not redis_answers(url) and not stop_requested():
         if time.monotonic() > deadline or process.poll() is not None:

@@ -24,6 +24,7 @@ from scripts.redis_binary import redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+SNACKVIDEO = str(Path(PYTHON).parent / "snackvideo")
 STORE = "store_abc"
 STORE_KEY = "pk_test_3f9a2c71e5b84d06"
 
@@ -52,7 +53,12 @@ class RedisServer:
     """A redis-server process the test owns: it may stop and restart it at will."""
 
     def __init__(
-        self, workdir: Path, *, appendonly: bool = False, extra_args: tuple[str, ...] = ()
+        self,
+        workdir: Path,
+        *,
+        appendonly: bool = False,
+        password: str | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         binary = redis_server_binary()
         if binary is None:
@@ -63,10 +69,12 @@ class RedisServer:
         self.port = free_port()
         self.workdir = workdir
         self.appendonly = appendonly
-        #: More redis-server flags (``--replicaof``, ``--tls-port``), after the ones here.
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        # The default user's password (--requirepass, or set by an --aclfile in
+        # extra_args): the URL the test itself connects with.
+        auth = f":{password}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -135,11 +143,24 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
-    """Factory for a private redis-server (for tests that stop or restart it)."""
+    """Factory for a private redis-server (for tests that stop or restart it, or start it
+    with flags of their own: ``own_redis(password=..., extra_args=("--aclfile", path))``).
+    ``workdir``: start from the files already there (a restored backup)."""
     started: list[RedisServer] = []
 
-    def start(*, appendonly: bool = True) -> RedisServer:
-        server = RedisServer(tmp_path / f"redis-{len(started)}", appendonly=appendonly).start()
+    def start(
+        *,
+        appendonly: bool = True,
+        password: str | None = None,
+        extra_args: tuple[str, ...] = (),
+        workdir: Path | None = None,
+    ) -> RedisServer:
+        server = RedisServer(
+            workdir or tmp_path / f"redis-{len(started)}",
+            appendonly=appendonly,
+            password=password,
+            extra_args=extra_args,
+        ).start()
         started.append(server)
         return server
 
@@ -248,6 +269,16 @@ def worker_env(redis_url: str, base_url: str, **overrides: str) -> dict[str, str
     return env
 
 
+def snackvideo(
+    env: dict[str, str], *args: str, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """The installed ``snackvideo`` command, run as an operator runs it."""
+    return subprocess.run(
+        [SNACKVIDEO, *args], input=stdin, cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+
+
 class Worker:
     """A real ``celery -A worker worker`` process group."""
 
@@ -288,6 +319,7 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
         pool: str = "prefork",
         extra_args: tuple[str, ...] = (),
         wait_ready: bool = True,
+        mingle_and_gossip: bool = False,
     ) -> Worker:
         name = f"w{len(started)}"
         log_path = tmp_path / f"worker-{name}.log"
@@ -295,7 +327,9 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
             PYTHON, "-m", "celery", "-A", "worker", "worker",
             "--pool", pool, "--concurrency", str(concurrency),
             "--hostname", f"{name}@%h", "--loglevel", "INFO",
-            "--without-mingle", "--without-gossip", *extra_args,
+            # Off unless asked for (as the Procfile runs it): they only slow a start.
+            *(() if mingle_and_gossip else ("--without-mingle", "--without-gossip")),
+            *extra_args,
         ]  # fmt: skip
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
@@ -321,3 +355,31 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     yield start
     for worker in started:
         worker.stop()
+
+
+class Beat(Worker):
+    """A real ``celery -A worker beat`` process group."""
+
+
+@pytest.fixture
+def start_beat(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Beat]]:
+    """Factory for real ``celery -A worker beat`` processes, each with its own schedule file."""
+    started: list[Beat] = []
+
+    def start(env: dict[str, str]) -> Beat:
+        name = f"beat{len(started)}"
+        log_path = tmp_path / f"{name}.log"
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(
+                [PYTHON, "-m", "celery", "-A", "worker", "beat", "--loglevel", "INFO",
+                 "--schedule", str(tmp_path / f"{name}-schedule")],
+                cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        beat = Beat(process, log_path)
+        started.append(beat)
+        return beat
+
+    yield start
+    for beat in started:
+        beat.stop()

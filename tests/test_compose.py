@@ -22,6 +22,8 @@ PROCFILE = ROOT / "Procfile"
 SANDBOX_ENV = ROOT / "deploy" / "sandbox.env"
 PRODUCTION_ENV = ROOT / "deploy" / "production.env.example"
 STATE_DIR = "/var/lib/snackvideo"
+#: What an operator puts in REDIS_PASSWORD (never in a committed file).
+PASSWORD = "0123456789abcdef0123456789abcdef"
 #: What the worker reads: its settings but the producer's own (enqueue timeout, ...).
 WORKER_VARIABLES = {
     Settings.variable_of(field)
@@ -97,8 +99,10 @@ def resolved(service: dict[str, Any], env: dict[str, str]) -> dict[str, str]:
 # -- services and commands ------------------------------------------------------------------
 
 
-def test_the_five_services_and_one_image(services: dict[str, Any]) -> None:
-    assert set(services) == {"redis", "worker", "beat", "flower", "sandbox"}
+def test_the_services_and_one_image(services: dict[str, Any]) -> None:
+    assert set(services) == {
+        "redis", "worker", "beat", "flower", "sandbox", "prometheus", "grafana"
+    }  # fmt: skip
     images = {services[name]["image"] for name in ("worker", "beat", "flower", "sandbox")}
     assert len(images) == 1
     assert all(services[name]["build"] == "." for name in ("worker", "beat", "flower", "sandbox"))
@@ -150,9 +154,31 @@ def test_redis_is_configured_for_queues(compose: dict[str, Any], services: dict[
     assert options["--appendonly"] == "yes"
     assert options["--appendfsync"] == "everysec"
     assert options["--maxmemory-policy"] == "noeviction"
-    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     volume, _, target = redis["volumes"][0].partition(":")
     assert target == "/data" and volume in compose["volumes"]
+
+
+def test_redis_requires_the_password_of_the_env_file(services: dict[str, Any]) -> None:
+    redis = services["redis"]
+    args = command_tokens(redis)
+    requirepass = args[args.index("--requirepass") + 1]
+    assert requirepass.startswith("${REDIS_PASSWORD:?")  # no default: compose refuses
+    # The healthcheck authenticates through the environment, not its command line.
+    assert redis["environment"]["REDISCLI_AUTH"] == requirepass
+    assert "REDIS_PASSWORD" not in " ".join(redis["healthcheck"]["test"])
+    assert "grep -q PONG" in redis["healthcheck"]["test"][-1]  # NOAUTH also exits 0
+    others = {"SCALEV_API_BASE_URL": "https://api.scalev.com", "FLOWER_BASIC_AUTH": "a:b"}
+    env = {**others, "REDIS_PASSWORD": PASSWORD}
+    for name in ("worker", "beat", "flower"):
+        url = resolved(services[name], env)["REDIS_URL"]
+        assert url == f"redis://:{PASSWORD}@redis:6379/0", name
+        with pytest.raises(LookupError, match="REDIS_PASSWORD"):
+            resolved(services[name], others)
+    assert interpolate(requirepass, env) == PASSWORD
+    # What is committed holds no password: both env files leave it to the operator.
+    for path in (SANDBOX_ENV, PRODUCTION_ENV):
+        assert not read_env_file(path).get("REDIS_PASSWORD"), path
+    assert not re.search(r"REDIS_PASSWORD[:=]-", COMPOSE.read_text())
 
 
 # -- flower, beat, sandbox --------------------------------------------------------------------
@@ -201,7 +227,7 @@ def test_storefront_keys_reach_the_worker_only(services: dict[str, Any]) -> None
 
 
 def test_the_sandbox_env_file_runs_the_demo_end_to_end(services: dict[str, Any]) -> None:
-    env = read_env_file(SANDBOX_ENV)
+    env = {**read_env_file(SANDBOX_ENV), "REDIS_PASSWORD": PASSWORD}  # from the shell
     assert env["COMPOSE_PROFILES"] == "sandbox"
     worker_env = resolved(services["worker"], env)
     sandbox_port = resolved(services["sandbox"], env)["SANDBOX_PORT"]
@@ -212,7 +238,7 @@ def test_the_sandbox_env_file_runs_the_demo_end_to_end(services: dict[str, Any])
         Settings.from_env(without_opt_in)
     settings = Settings.from_env(worker_env)  # empty values fall back to the defaults
     assert settings.allow_insecure_http
-    assert settings.redis_url == "redis://redis:6379/0"
+    assert settings.redis_url == f"redis://:{PASSWORD}@redis:6379/0"
     assert settings.api_key_for("demo_store") == DEFAULT_STORES["demo_store"]
     assert settings.metrics_port == 9808
     command = interpolate(services["worker"]["command"], env)
@@ -220,12 +246,84 @@ def test_the_sandbox_env_file_runs_the_demo_end_to_end(services: dict[str, Any])
 
 
 def test_production_points_at_scalev_without_the_sandbox(services: dict[str, Any]) -> None:
-    env = read_env_file(PRODUCTION_ENV)
+    env = {**read_env_file(PRODUCTION_ENV), "REDIS_PASSWORD": PASSWORD}  # filled in
     assert "COMPOSE_PROFILES" not in env
     worker_env = resolved(services["worker"], env)
     assert worker_env["SCALEV_API_BASE_URL"] == "https://api.scalev.com"
     assert not Settings.from_env(worker_env).allow_insecure_http
     # Nothing set: compose refuses to start rather than guess where events go.
     with pytest.raises(LookupError, match="SCALEV_API_BASE_URL"):
-        resolved(services["worker"], {})
+        resolved(services["worker"], {"REDIS_PASSWORD": PASSWORD})
     assert "deploy/production.env" in (ROOT / ".gitignore").read_text().split()
+
+
+# -- the observability profile ----------------------------------------------------------------
+
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+GRAFANA_DIR = ROOT / "deploy" / "grafana"
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> host path (``./...``) of a service's bind mounts."""
+    found = {}
+    for volume in service["volumes"]:
+        source, target, *_ = volume.split(":")
+        if source.startswith("./"):
+            found[target] = source
+    return found
+
+
+def test_prometheus_and_grafana_only_with_the_observability_profile(
+    services: dict[str, Any],
+) -> None:
+    for name in ("prometheus", "grafana"):
+        service = services[name]
+        assert service["profiles"] == ["observability"], name
+        # Published on loopback only, like Flower.
+        assert all(str(port).startswith("127.0.0.1:") for port in service["ports"]), name
+        assert not any(
+            key.startswith(("SCALEV_", "SNACKVIDEO_")) for key in service.get("environment", {})
+        )
+    assert all("profiles" not in services[n] for n in ("redis", "worker", "beat", "flower"))
+
+
+def test_prometheus_loads_the_kit_and_scrapes_the_worker_service(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    prometheus = services["prometheus"]
+    tokens = command_tokens(prometheus)
+    config_file = next(t.split("=", 1)[1] for t in tokens if t.startswith("--config.file="))
+    config_dir, _, config_name = config_file.rpartition("/")
+    assert mounts(prometheus)[config_dir] == "./deploy/prometheus"
+    config = yaml.safe_load((PROMETHEUS_DIR / config_name).read_text())
+    for rule_file in config["rule_files"]:
+        assert (PROMETHEUS_DIR / rule_file).is_file()
+    (job,) = config["scrape_configs"]
+    (discovery,) = job["dns_sd_configs"]
+    assert discovery["names"] == ["worker"] and discovery["type"] == "A"
+    assert str(discovery["port"]) in [str(port) for port in services["worker"]["expose"]]
+    data = next(v for v in prometheus["volumes"] if not v.startswith("./"))
+    assert data.partition(":")[0] in compose["volumes"]
+
+
+def test_grafana_is_provisioned_with_the_datasource_and_the_dashboard(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    grafana = services["grafana"]
+    bound = mounts(grafana)
+    assert bound["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert bound[home] == "./deploy/grafana/snackvideo-dashboard.json"
+    datasources = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )
+    (source,) = datasources["datasources"]
+    published = services["prometheus"]["ports"][0].rsplit(":", 1)[1]
+    assert source["url"] == f"http://prometheus:{published}"
+    assert grafana["depends_on"] == ["prometheus"]
+    # No password in the file itself: it comes from the env file (Grafana's default else).
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith(
+        "${GRAFANA_ADMIN_PASSWORD"
+    )
+    data = next(v for v in grafana["volumes"] if not v.startswith("./"))
+    assert data.partition(":")[0] in compose["volumes"]

@@ -45,6 +45,7 @@ BAD_VALUES = [
     ("SCALEV_STOREFRONT_API_KEYS", json.dumps({"shop-1": f"{SECRET}\r\nX-Injected: 1"})),
     ("SCALEV_STOREFRONT_API_KEY", f" {SECRET}"),
     ("SNACKVIDEO_THROTTLE_SCOPE", "global"),
+    ("SNACKVIDEO_LOG_FORMAT", "yaml"),
     ("SNACKVIDEO_REDRIVE_REASONS", "http_4O4"),
     ("SCALEV_API_BASE_URL", f"https://dispatch:{PASSWORD}@api.scalev.com"),
     ("REDIS_URL", f"redis://dispatch:{PASSWORD}@127.0.0.1:99999/0"),

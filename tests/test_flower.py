@@ -38,10 +38,17 @@ GONE_KEY = "pk_store_gone_7f3e91"
 SETTLE_SECONDS = 90.0
 
 
+#: What the Procfile's flower: line passes: the file that adds the dead-letter pages.
+FLOWER_CONF = "--conf=worker/flower_pages/flowerconfig.py"
+
+
 class Flower:
-    def __init__(self, process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], port: int, log_path: Path, url_prefix: str = ""
+    ) -> None:
         self.process = process
-        self.base_url = f"http://127.0.0.1:{port}"
+        self.origin = f"http://127.0.0.1:{port}"
+        self.base_url = self.origin + (f"/{url_prefix}" if url_prefix else "")
         self.log_path = log_path
 
     def get(self, path: str, auth: tuple[str, str] | None = AUTH) -> requests.Response:
@@ -63,10 +70,12 @@ class Flower:
 
 
 @pytest.fixture
-def start_flower(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Flower]]:
+def start_flower(tmp_path: Path) -> Iterator[Callable[..., Flower]]:
+    """Factory: ``start_flower(env, *flower_args, url_prefix="", login=True)``, as the
+    Procfile runs it; ``login=False`` leaves FLOWER_BASIC_AUTH unset."""
     started: list[Flower] = []
 
-    def start(env: dict[str, str]) -> Flower:
+    def start(env: dict[str, str], *args: str, url_prefix: str = "", login: bool = True) -> Flower:
         port = free_port()
         log_path = tmp_path / f"flower-{len(started)}.log"
         flower_env = dict(
@@ -76,23 +85,27 @@ def start_flower(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Flower]]
             FLOWER_PERSISTENT="True",
             FLOWER_DB=str(tmp_path / "flower.db"),
         )
+        if not login:
+            del flower_env["FLOWER_BASIC_AUTH"]
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
-                [PYTHON, "-m", "celery", "-A", "worker", "flower"],
+                [PYTHON, "-m", "celery", "-A", "worker", "flower", FLOWER_CONF, *args]
+                + ([f"--url_prefix={url_prefix}"] if url_prefix else []),
                 cwd=ROOT,
                 env=flower_env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        flower = Flower(process, port, log_path)
+        flower = Flower(process, port, log_path, url_prefix)
         started.append(flower)
 
         def answers() -> bool:
             if process.poll() is not None:
                 pytest.fail(f"flower exited:\n{log_path.read_text(errors='replace')}")
             try:
-                return flower.get("/api/tasks").status_code == 200
+                # Without a login Flower's API answers 401 to everyone: its health check.
+                return flower.get("/api/tasks" if login else "/healthcheck").status_code == 200
             except requests.ConnectionError:
                 return False
 
@@ -115,7 +128,7 @@ def test_a_dead_letter_is_a_failed_task_in_flower_with_reason_status_and_click_i
     redis_url: str,
     sandbox: Sandbox,
     start_worker: Callable[..., Worker],
-    start_flower: Callable[[dict[str, str]], Flower],
+    start_flower: Callable[..., Flower],
 ) -> None:
     env = worker_env(
         redis_url,
@@ -155,6 +168,14 @@ def test_a_dead_letter_is_a_failed_task_in_flower_with_reason_status_and_click_i
     assert "reason=http_404 status=404 click_id=clk-gone-404" in task["exception"]
     assert "'click_id': 'clk-gone-404'" in task["kwargs"]
     assert GONE_KEY not in json.dumps(flower.tasks())
+    # The failure leads to its dead-letter entry, served by the same Flower.
+    path = f"/dead-letters/{job_id}-r0"
+    assert task["exception"].endswith(f"entry={path}')")
+    page = flower.get(path)
+    assert page.status_code == 200 and "clk-gone-404" in page.text
+    # Flower's task view links there.
+    task_view = flower.get(f"/task/{job_id}").text
+    assert f'<a id="dead-letter-entry" href="{path}">' in task_view
 
     # Basic auth set: anonymous and wrong credentials are refused.
     assert flower.get("/api/tasks", auth=None).status_code == 401

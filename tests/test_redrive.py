@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import redis
 
 from producers import Producer
 from producers.message import build_message
-from tests.conftest import PYTHON, ROOT, STORE, Sandbox, Worker, wait_until, worker_env
+from tests.conftest import STORE, Beat, Sandbox, Worker, wait_until, worker_env
 from tests.queue_helpers import decode_message, event, queued
 from worker.deadletter.redrive import RedriveLock, Redriver
 from worker.deadletter.store import DeadLetter, DeadLetterStore
@@ -199,44 +197,6 @@ def test_concurrent_runs_replay_each_entry_once(redis_url: str, locked: bool) ->
 
 
 # -- the schedule, with real processes ----------------------------------------------------
-
-
-class Beat:
-    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
-        self.process = process
-        self.log_path = log_path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-@pytest.fixture
-def start_beat(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Beat]]:
-    """Factory for real ``celery -A worker beat`` processes, each with its own schedule file."""
-    started: list[Beat] = []
-
-    def start(env: dict[str, str]) -> Beat:
-        name = f"beat{len(started)}"
-        log_path = tmp_path / f"{name}.log"
-        with open(log_path, "wb") as log_file:
-            process = subprocess.Popen(
-                [PYTHON, "-m", "celery", "-A", "worker", "beat", "--loglevel", "INFO",
-                 "--schedule", str(tmp_path / f"{name}-schedule")],
-                cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        beat = Beat(process, log_path)
-        started.append(beat)
-        return beat
-
-    yield start
-    for beat in started:
-        if beat.process.poll() is None:
-            beat.process.terminate()
-            try:
-                beat.process.wait(20)
-            except subprocess.TimeoutExpired:
-                beat.process.kill()
-                beat.process.wait()
 
 
 @pytest.mark.integration

@@ -190,6 +190,7 @@ def test_every_number_refuses_what_is_out_of_range_or_not_a_number(field: str) -
         ("SNACKVIDEO_TASK_SOFT_TIME_LIMIT_SECONDS", "nan", "must be a number from 0.1 to 86400"),
         ("SNACKVIDEO_THROTTLE", "maybe", "must be on or off (also 1/0, true/false, yes/no)"),
         ("SNACKVIDEO_THROTTLE_SCOPE", "global", "must be 'base_url' or 'store'"),
+        ("SNACKVIDEO_LOG_FORMAT", "JSON ", "must be 'text' or 'json'"),
         ("SNACKVIDEO_REDRIVE_REASONS", "http_404,http_40", "must be dead-letter reasons"),
         ("SNACKVIDEO_METRICS_ADDRESS", "0.0.0.0:9808", "must be an IP address"),
     ],

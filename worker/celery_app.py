@@ -22,6 +22,7 @@ from producers.errors import ConfigurationError
 from producers.keys import DELIVER_TASK, DELIVERY_QUEUE
 from worker.celery_ext import (
     escaped_logs,  # noqa: F401 (escapes the arguments of every log record)
+    json_logs,  # also connects its logging signal handlers
     quiet_task_logs,  # noqa: F401 (connects its logging signal handlers)
 )
 from worker.celery_ext.broker import broker_use_ssl, sentinel_transport_options
@@ -43,6 +44,8 @@ except ConfigurationError as exc:
     # SystemExit(str) would print the line but exit 1. One line on stderr and exit 2, the
     # usual status of a usage error.
     refuse(exc)
+if settings.log_format == "json":
+    json_logs.capture_warnings()
 # redis:// now means kombu's Redis transport with the guards of worker.celery_ext.transport.
 register_transport()
 

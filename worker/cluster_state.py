@@ -1,5 +1,6 @@
 """The cluster's state in Redis, read in one go: queue depths, messages in flight,
-scheduled retries, events enqueued, dead letters, the throttle of each scope.
+scheduled retries, events enqueued, dead letters, the throttle of each scope, and the
+Redis server itself (its address and replication role).
 
 ``snackvideo status`` prints it (``--json``: as is) and the worker's /metrics exports it
 at every scrape (``worker.metrics.collectors``): one read, so the two never disagree.
@@ -15,6 +16,7 @@ from producers.keys import ENQUEUED_COUNTER
 from worker.deadletter.store import DeadLetterStore
 from worker.delayed.store import DelayedJobs
 from worker.keys import CONTROL_QUEUE, DELIVERY_QUEUE, UNACKED
+from worker.redis_role import replication_state
 from worker.throttle.state import throttle_status
 
 
@@ -33,4 +35,6 @@ def read_cluster_state(client: redis.Redis) -> dict[str, Any]:
         "dead_letters_trimmed_by_reason": dead_letters.trimmed_by_reason(),
         # {scope: {limit, remaining, reset_in_s, blocked_until, in_flight, ...}}
         "throttle": throttle_status(client),
+        # {address, role, connected_replicas, master_address, master_link}
+        "redis": replication_state(client),
     }

@@ -17,6 +17,8 @@ reason, the status code and the click_id, never an API key.
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from producers.errors import DispatchError
 from worker.escaping import log_field
 
@@ -69,20 +71,43 @@ class RateLimited(DeliveryError):
     """Raised when Scalev answered 429; a control-flow signal, not logged as an error."""
 
 
+#: Where Flower's process serves one dead-letter entry (``worker.flower_pages``), below
+#: Flower's ``--url_prefix`` when it has one.
+DEAD_LETTER_PAGE = "/dead-letters/"
+
+
+def dead_letter_path(entry_id: str) -> str:
+    """The path of an entry's page: what a failed task in Flower carries to lead there."""
+    return DEAD_LETTER_PAGE + quote(entry_id, safe="")
+
+
 class DeadLettered(DispatchError):
     """Raised to end the task in FAILURE after the job was stored in the dead-letter queue."""
 
-    def __init__(self, reason: str, status_code: int | None, click_id: str | None, job_id: str):
+    def __init__(
+        self,
+        reason: str,
+        status_code: int | None,
+        click_id: str | None,
+        job_id: str,
+        entry_id: str = "",
+    ):
         self.reason = reason
         self.status_code = status_code
         self.click_id = click_id
         self.job_id = job_id
-        # The ids came from outside: Celery logs this text and Flower shows it.
+        self.entry_id = entry_id
+        # The ids came from outside: Celery logs this text and Flower shows it. The entry's
+        # path, last, so that an operator reading the failed task finds its page.
+        entry = f" entry={dead_letter_path(entry_id)}" if entry_id else ""
         super().__init__(
             f"dead-lettered: reason={reason} status={status_code if status_code else '-'} "
-            f"click_id={log_field(click_id or '-')} job_id={log_field(job_id)}"
+            f"click_id={log_field(click_id or '-')} job_id={log_field(job_id)}{entry}"
         )
 
-    def __reduce__(self) -> tuple[type, tuple[str, int | None, str | None, str]]:
+    def __reduce__(self) -> tuple[type, tuple[str, int | None, str | None, str, str]]:
         # The pool sends exceptions between processes by pickle.
-        return (type(self), (self.reason, self.status_code, self.click_id, self.job_id))
+        return (
+            type(self),
+            (self.reason, self.status_code, self.click_id, self.job_id, self.entry_id),
+        )

@@ -73,6 +73,9 @@ _HOSTNAME = re.compile(
 #: A key map longer than this is not one (its JSON is read whole, at every start).
 _KEY_MAP_MAX_CHARS = 1_000_000
 
+#: SNACKVIDEO_LOG_FORMAT's values.
+LOG_FORMATS = ("text", "json")
+
 #: A day and a week, for the bounds below.
 DAY = 86_400
 WEEK = 7 * DAY
@@ -225,6 +228,9 @@ class Settings(ProducerSettings):
     # delivery on top of our outcome= line; off drops just those two
     # (worker.celery_ext.quiet_task_logs).
     celery_task_log: bool = env_field(False, "SNACKVIDEO_CELERY_TASK_LOG")
+    # "json": one JSON object per line (worker.celery_ext.json_logs), for Loki and ELK;
+    # "text": Celery's own format.
+    log_format: str = env_field("text", "SNACKVIDEO_LOG_FORMAT")
     # Celery task events feed Flower. They cost ~1.6 PUBLISH round trips and roughly a
     # fifth of the worker's CPU per delivery (docs/benchmarks.md); a deployment that
     # watches the Prometheus metrics instead may turn them off. A running Flower turns
@@ -323,6 +329,13 @@ class Settings(ProducerSettings):
     def _known_scope(cls, value: str) -> str:
         if value not in ("base_url", "store"):
             raise ValueError("must be 'base_url' or 'store'")
+        return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_log_format(cls, value: str) -> str:
+        if value not in LOG_FORMATS:
+            raise ValueError("must be 'text' or 'json'")
         return value
 
     @field_validator("redrive_reasons", mode="before")

@@ -111,6 +111,11 @@ def deliver(self: Any, *args: Any, **kwargs: Any) -> str:
         dispatcher.describe(failure),
         text,
         "" if size <= len(text) else f" (cut at {len(text)} of {size} characters)",
+        extra={
+            "outcome": "lost",
+            "job_id": kwargs.get("job_id"),
+            "store_id": kwargs.get("store_id"),
+        },
     )
     metrics.record_outcome("lost", None)
     raise Reject("the job could not be dead-lettered; logged as outcome=lost", requeue=False)

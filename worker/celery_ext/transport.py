@@ -174,6 +174,8 @@ class SafeQoS(kombu_redis.QoS):
         # Called by kombu's timer every unacked_restore_interval (the heartbeat period
         # here) and once when the channel starts: the consumer sweep runs each time, the
         # visibility scan every `interval`-th time.
+        if not self.channel.restores_messages:
+            return
         self._sweep_consumers()
         self._vrestore_count += 1
         if (self._vrestore_count - 1) % (interval or 1):
@@ -331,10 +333,16 @@ class SafeChannel(kombu_redis.Channel):
     consumer_heartbeat_seconds: float = 2.0
     #: A consumer whose heartbeat is older than this is dead, and its messages restored.
     consumer_dead_after_seconds: float = 10.0
+    #: False for a channel that only asks (``snackvideo status``'s worker ping): it takes
+    #: no job, so it leaves restoring other consumers' jobs to the workers. The restore
+    #: writes kombu's and this project's keys, which an operator's read-only Redis user
+    #: may not (deploy/redis/acl.conf).
+    restores_messages: bool = True
 
     from_transport_options = kombu_redis.Channel.from_transport_options + (  # type: ignore[assignment]
         "consumer_heartbeat_seconds",
         "consumer_dead_after_seconds",
+        "restores_messages",
     )
 
     qos: SafeQoS

@@ -3,9 +3,9 @@
     dlq list   [--reason R] [--store S] [--since DURATION] [--limit N] [--json]
     dlq show   ID [--json]
     dlq stats  [--json]
-    dlq replay (ID... | --all | [--reason R] [--store S]) [--dry-run]
+    dlq replay (ID... | --all | [--reason R] [--store S]) [--dry-run] [--json]
     dlq purge  (ID... | --all | [--reason R] [--store S] [--older-than DURATION])
-               [--dry-run] [--yes]
+               [--dry-run] [--yes] [--json]
 
 An ID is an entry id from ``dlq list`` (``<job_id>-r<n>``, ``<job_id>-r<n>-invalid``) or
 the job id ``enqueue`` printed, which names that job's latest entry. What an entry holds
@@ -15,35 +15,38 @@ came from outside (Scalev's answer, a shop's payload): the tables print it throu
 Exit status: 0 done, 1 an entry named was not there (or the operator declined), 2 a bad
 argument. Replay and purge select their entries first, print what they will touch, then
 take them in one atomic step per chunk (``DeadLetterStore``); an entry another operator or
-the redrive schedule took in between is reported, not replayed twice.
+the redrive schedule took in between is reported, not replayed twice. On a terminal a
+progress line counts the chunks (``worker.cli.progress``); ``--json`` prints the result as
+one object instead of the tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
-from producers.models import nested_deeper_than
-from worker.bounded_json import kept_raw
+from worker.cli.progress import Progress
 from worker.connections import redis_client
-from worker.deadletter.reasons import KNOWN_REASONS, is_reason
-from worker.deadletter.store import MAX_STORED_DEPTH, DeadLetter, DeadLetterStore
+from worker.deadletter import selection
+from worker.deadletter.display import payload_text, utc_time
+from worker.deadletter.selection import (
+    TAKEN_MEANWHILE,
+    Breakdown,
+    EntryFilter,
+    SelectionError,
+    check_reason,
+    parse_duration,
+)
+from worker.deadletter.store import DeadLetter, DeadLetterStore
 from worker.escaping import visible
 from worker.settings import get_settings
 
 DEFAULT_LIST_LIMIT = 50
-#: How much of a payload too deep to indent ``dlq show`` prints.
-SHOW_DEEP_PAYLOAD_CHARS = 4_000
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 7 * 86_400}
 
 #: What an unknown ID is told: the forms an ID may take.
 ID_FORMS = (
@@ -52,38 +55,12 @@ ID_FORMS = (
 )
 
 
-class UsageError(ValueError):
-    """Raised when an argument is malformed; the command prints it and exits 2."""
-
-
-def parse_duration(text: str) -> float:
-    """``30s``, ``15m``, ``2h``, ``7d``, ``1w`` or a sum like ``1h30m`` -> seconds."""
-    compact = text.strip().lower().replace(" ", "")
-    parts = _DURATION_PART.findall(compact)
-    if not compact or "".join(number + unit for number, unit in parts) != compact:
-        raise UsageError(
-            f"invalid duration {text!r}: use a number and a unit s, m, h, d or w "
-            "(e.g. 30s, 15m, 2h, 7d)"
-        )
-    seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
-    if seconds <= 0:
-        raise UsageError(f"invalid duration {text!r}: must be longer than zero")
-    return seconds
-
-
-def check_reason(reason: str | None) -> str | None:
-    if reason is not None and not is_reason(reason):
-        raise UsageError(
-            f"unknown reason {reason!r}: expected http_<status> or one of "
-            + ", ".join(KNOWN_REASONS)
-        )
-    return reason
+#: Raised when an argument is malformed; the command prints it and exits 2.
+UsageError = SelectionError
 
 
 def check_store(store: str | None) -> str | None:
-    if store is not None and not store.strip():
-        raise UsageError("--store must not be empty")
-    return store
+    return selection.check_store(store, name="--store")
 
 
 def _positive_int(text: str) -> int:
@@ -144,6 +121,9 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store")
     parser.add_argument(
         "--dry-run", action="store_true", help="print what would be touched, change nothing"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the result as one JSON object, no progress"
     )
 
 
@@ -235,19 +215,6 @@ def show_text(entry: DeadLetter) -> str:
     return "\n".join(lines)
 
 
-def payload_text(payload: Any) -> str:
-    """The payload as indented JSON; one nested deeper than an entry stores (an entry
-    written by something else) as its compact text, cut: never a RecursionError.
-    JSON escapes C0 controls in strings; ``visible`` shows the rest (C1, bidi)."""
-    if nested_deeper_than(payload, MAX_STORED_DEPTH):
-        kept = kept_raw(payload, SHOW_DEEP_PAYLOAD_CHARS)
-        return f"{kept['raw']} ... ({kept['raw_chars']} characters, nested too deep to indent)"
-    try:
-        return json.dumps(payload, indent=2, ensure_ascii=False, default=repr)
-    except (RecursionError, ValueError):  # a cycle, a repr that recurses
-        return str(kept_raw(payload, SHOW_DEEP_PAYLOAD_CHARS)["raw"])
-
-
 def collect_stats(store: DeadLetterStore) -> dict[str, Any]:
     oldest = store.oldest()
     return {
@@ -310,21 +277,9 @@ def select(store: DeadLetterStore, args: argparse.Namespace) -> tuple[list[DeadL
             ", --older-than" if hasattr(args, "older_than") else ""
         )
         raise UsageError(f"say which entries: give entry IDs or {options}")
-    if args.ids:
-        found: dict[str, DeadLetter] = {}  # each entry once (a job id and its entry id)
-        missing: list[str] = []
-        for wanted in dict.fromkeys(args.ids):  # in the order given
-            entry = store.find(wanted)
-            if entry is None:
-                missing.append(wanted)
-            else:
-                found.setdefault(entry.id, entry)
-        return list(found.values()), missing
     before = time.time() - parse_duration(older_than) if older_than else None
-    entries = store.find_entries(
-        reason=reason, store_id=store_id, older_than=before, newest_first=False
-    )
-    return entries, []
+    where = EntryFilter(reason=reason, store_id=store_id, before=before)
+    return selection.select(store, ids=args.ids, where=where)
 
 
 def describe(verb: str, entries: Sequence[DeadLetter]) -> None:
@@ -332,15 +287,32 @@ def describe(verb: str, entries: Sequence[DeadLetter]) -> None:
     print(f"{verb} {_count(len(entries))}")
     if not entries:
         return
-    by_reason = Counter(visible(entry.reason) for entry in entries)
-    by_store = Counter(visible(entry.store_id or "-") for entry in entries)
-    print("  by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items())))
-    print("  by store:  " + ", ".join(f"{k} {v}" for k, v in sorted(by_store.items())))
+    counts = Breakdown.of(entries)
+    print("  by reason: " + ", ".join(f"{visible(k)} {v}" for k, v in counts.by_reason.items()))
+    print("  by store:  " + ", ".join(f"{visible(k)} {v}" for k, v in counts.by_store.items()))
     for entry in entries:
         print(
             f"  {visible(entry.id)}  {visible(entry.reason)}  {visible(entry.store_id or '-')}  "
             f"click_id={visible(entry.click_id or '-')}"
         )
+
+
+def json_result(
+    action: str, dry_run: bool, entries: Sequence[DeadLetter], gone: Sequence[str] = ()
+) -> str:
+    """What ``--json`` prints: the entries touched (or that would be), and those skipped."""
+    return json.dumps(
+        {
+            "action": action,
+            "dry_run": dry_run,
+            "count": len(entries),
+            "by_reason": dict(Counter(entry.reason for entry in entries)),
+            "by_store": dict(Counter(entry.store_id or "-" for entry in entries)),
+            "ids": [entry.id for entry in entries],
+            "skipped": [{"id": entry_id, "why": TAKEN_MEANWHILE} for entry_id in gone],
+        },
+        indent=2,
+    )
 
 
 def _report_missing(missing: Sequence[str], why: str = f": {ID_FORMS}") -> None:
@@ -357,12 +329,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print("nothing replayed", file=sys.stderr)
         return 1
     if args.dry_run:
-        describe("would replay", entries)
+        if args.json:
+            print(json_result("replay", True, entries))
+        else:
+            describe("would replay", entries)
         return 0
-    taken = set(store.replay(entries))
-    describe("replayed", [entry for entry in entries if entry.id in taken])
-    gone = [entry.id for entry in entries if entry.id not in taken]
-    _report_missing(gone, " any more (taken meanwhile by another replay or purge)")
+    progress = Progress.on_terminal("replaying", len(entries), json_output=args.json)
+    with progress.running():
+        result = selection.replay(store, entries, progress.advance)
+    gone = [entry.id for entry, _why in result.skipped]
+    if args.json:
+        print(json_result("replay", False, result.taken, gone))
+    else:
+        describe("replayed", result.taken)
+    _report_missing(gone, f" any more ({TAKEN_MEANWHILE})")
     return 1 if gone and args.ids else 0
 
 
@@ -374,20 +354,27 @@ def cmd_purge(args: argparse.Namespace) -> int:
         print("nothing purged", file=sys.stderr)
         return 1
     if args.dry_run:
-        describe("would purge", entries)
+        if args.json:
+            print(json_result("purge", True, entries))
+        else:
+            describe("would purge", entries)
         return 0
-    if not entries:
-        print("purged 0 entries")
-        return 0
-    if not args.yes:
+    if not args.yes and entries:
+        if args.json:
+            raise UsageError("--json cannot ask for confirmation: add --yes (or --dry-run)")
         describe("about to purge", entries)
         if not _confirm(f"Delete {_count(len(entries))} for good? [y/N] "):
             print("nothing purged", file=sys.stderr)
             return 1
-    taken = set(store.purge(entry.id for entry in entries))
-    print(f"purged {_count(len(taken))}")
-    gone = [entry.id for entry in entries if entry.id not in taken]
-    _report_missing(gone, " any more (taken meanwhile by another replay or purge)")
+    progress = Progress.on_terminal("purging", len(entries), json_output=args.json)
+    with progress.running():
+        result = selection.purge(store, entries, progress.advance)
+    gone = [entry.id for entry, _why in result.skipped]
+    if args.json:
+        print(json_result("purge", False, result.taken, gone))
+    else:
+        print(f"purged {_count(len(result.taken))}")
+    _report_missing(gone, f" any more ({TAKEN_MEANWHILE})")
     return 1 if gone and args.ids else 0
 
 
@@ -405,12 +392,7 @@ def _count(n: int) -> str:
 
 
 def _time(value: float | None) -> str:
-    if value is None:
-        return "-"
-    try:
-        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    except (TypeError, ValueError, OverflowError, OSError):  # not a time any calendar holds
-        return _shown(value)
+    return visible(utc_time(value))
 
 
 def _shown(value: Any) -> str:

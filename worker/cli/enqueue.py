@@ -12,6 +12,7 @@ from typing import Any, BinaryIO
 from producers import EnqueueError, InvalidEvent, Producer
 from producers.enqueue import idempotency_key_problem
 from producers.models import MAX_PAYLOAD_DEPTH, validate_payload, validate_store_id
+from worker.cli.progress import Progress
 
 ENQUEUE_CHUNK = 500
 CONTENT_KEY_PREFIX = "content-sha256:"
@@ -214,6 +215,10 @@ def _enqueue_in_chunks(
     keyed: bool,
 ) -> int:
     done = queued_now = 0
+    progress = Progress.on_terminal("enqueueing", len(payloads))
+    # The job ids go to stdout, maybe the same terminal: the line is erased before each
+    # chunk's ids and drawn again after them.
+    progress.start()
     try:
         for start in range(0, len(payloads), ENQUEUE_CHUNK):
             outcomes = producer.enqueue_many_outcomes(
@@ -221,12 +226,15 @@ def _enqueue_in_chunks(
                 payloads[start : start + ENQUEUE_CHUNK],
                 idempotency_keys=keys[start : start + ENQUEUE_CHUNK],
             )
+            progress.clear()
             for outcome in outcomes:
                 print(outcome.job_id)
             sys.stdout.flush()  # what is printed is queued, even if a later chunk fails
             done += len(outcomes)
             queued_now += sum(outcome.queued_now for outcome in outcomes)
+            progress.advance(len(outcomes))
     except EnqueueError as exc:
+        progress.clear()
         print(f"error: {exc}", file=sys.stderr)
         print(
             f"error: {done} of {len(payloads)} event(s) are queued (their job ids are "
@@ -244,6 +252,7 @@ def _enqueue_in_chunks(
         return 1
     finally:
         producer.close()
+    progress.clear()
     summary = f"enqueued {queued_now} event(s) for store {store_id}"
     if queued_now < done:
         summary += f"; {done - queued_now} already queued (same idempotency key)"

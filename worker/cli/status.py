@@ -36,6 +36,12 @@ def workers_seen(timeout: float = 1.0) -> list[str]:
     # Only here: every other command, and the metrics scrape, runs without Celery.
     from worker.celery_app import app
 
+    # The ping's channel takes no job: it must not restore the workers' (a read-only
+    # operator's Redis user could not, worker.celery_ext.transport).
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "restores_messages": False,
+    }
     replies = app.control.inspect(timeout=timeout).ping() or {}
     return sorted(replies)
 
@@ -43,19 +49,26 @@ def workers_seen(timeout: float = 1.0) -> list[str]:
 def cmd_status(args: argparse.Namespace) -> int:
     try:
         state = read_cluster_state(redis_client())
-        state["workers"] = workers_seen(args.timeout)
     except redis.RedisError as exc:
         print(f"error: cannot read Redis: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(state, indent=2, sort_keys=True))
-        return 0
-    print(format_table(state))
+    ping_error = None
+    try:
+        state["workers"] = workers_seen(args.timeout)
+    except redis.RedisError as exc:
+        # The ping writes its reply queue, which a replica refuses (READONLY): show what
+        # was read, its "role=replica" first, rather than nothing.
+        ping_error = exc
+    print(json.dumps(state, indent=2, sort_keys=True) if args.json else format_table(state))
+    if ping_error is not None:
+        print(f"error: cannot ping the workers: {ping_error}", file=sys.stderr)
+        return 1
     return 0
 
 
 def format_table(state: dict[str, Any]) -> str:
     rows: list[tuple[str, Any]] = [
+        *_redis_rows(state.get("redis")),
         ("queue depth", state["queue_depth"]),
         ("control queue depth", state["control_queue_depth"]),
         ("in flight (unacked)", state["in_flight"]),
@@ -73,6 +86,18 @@ def format_table(state: dict[str, Any]) -> str:
         rows += [(f"  {name}", "") for name in state["workers"]]
     width = max(len(label) for label, _ in rows) + 2
     return "\n".join(f"{label:<{width}}{value}".rstrip() for label, value in rows)
+
+
+def _redis_rows(redis_state: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """``redis  127.0.0.1:6379 role=master replicas=1`` (a replica: its master and link)."""
+    if not redis_state:
+        return []
+    fields = [f"role={redis_state['role']}"]
+    if redis_state.get("connected_replicas") is not None:
+        fields.append(f"replicas={redis_state['connected_replicas']}")
+    if redis_state.get("master_address"):
+        fields.append(f"master={redis_state['master_address']} link={redis_state['master_link']}")
+    return [("redis", visible(f"{redis_state['address']} {' '.join(fields)}"))]
 
 
 def _throttle_rows(throttle: dict[str, dict[str, Any]] | None) -> list[tuple[str, Any]]:

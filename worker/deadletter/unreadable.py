@@ -91,6 +91,13 @@ class UnreadableMessages:
             log_field(entry.job_id),
             log_field(entry.store_id or "-"),
             log_field(entry.error),
+            extra={
+                "outcome": outcome,
+                "reason": "invalid_job",
+                "job_id": entry.job_id,
+                "store_id": entry.store_id,
+                "error": entry.error,
+            },
         )
         return entry
 

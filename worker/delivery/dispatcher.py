@@ -140,7 +140,7 @@ class Dispatcher:
         else:
             return self._deliver_or_handle(job, redelivered=redelivered)
         entry = self.unreadable.park(kwargs, problem, task_id=task_id)
-        raise DeadLettered("invalid_job", None, entry.click_id, entry.job_id)
+        raise DeadLettered("invalid_job", None, entry.click_id, entry.job_id, entry.id)
 
     def _deliver_or_handle(self, job: JobMessage, *, redelivered: bool) -> Outcome:
         failure: Exception
@@ -434,7 +434,7 @@ class Dispatcher:
         self.dead_letters.add(entry, now=self.clock())
         click_id = entry.click_id
         self._report("dead_lettered", job, status_code, attempt=entry.attempts, reason=reason)
-        raise DeadLettered(reason, status_code, click_id, job.job_id)
+        raise DeadLettered(reason, status_code, click_id, job.job_id, entry.id)
 
 
     # -- reporting -------------------------------------------------------------------
@@ -453,6 +453,24 @@ class Dispatcher:
     ) -> None:
         self._count(outcome, job, status_code, wait=wait, reason=reason, redelivered=redelivered)
         level = logging.WARNING if outcome == "dead_lettered" else logging.INFO
+        attempt = attempt if attempt is not None else job.attempts
+        click_id = job.payload.get("click_id", "-")
+        # The same fields, typed, for SNACKVIDEO_LOG_FORMAT=json (worker.celery_ext.json_logs).
+        fields: dict[str, object] = {
+            "outcome": outcome,
+            "job_id": job.job_id,
+            "store_id": job.store_id,
+            "click_id": click_id,
+            "status": status_code,
+            "attempt": attempt,
+            "wait": round(wait, 3),
+        }
+        if reason:
+            fields["reason"] = reason
+        if seconds is not None:
+            fields["seconds"] = round(seconds, 3)
+        if redelivered:
+            fields["redelivered"] = True
         # The ids came from a producer: log_field keeps each one a single field of this line
         # (a click_id holding "\nINFO outcome=delivered" forges no second outcome line).
         log.log(
@@ -461,13 +479,14 @@ class Dispatcher:
             outcome,
             log_field(job.job_id),
             log_field(job.store_id),
-            log_field(job.payload.get("click_id", "-")),
+            log_field(click_id),
             status_code if status_code is not None else "-",
-            attempt if attempt is not None else job.attempts,
+            attempt,
             wait,
             f" reason={reason}" if reason else "",
             f" seconds={seconds:.3f}" if seconds is not None else "",
             " redelivered=1" if redelivered else "",
+            extra=fields,
         )
 
     def _count(

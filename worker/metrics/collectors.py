@@ -86,6 +86,30 @@ def state_metrics(state: dict[str, Any]) -> Iterator[Metric]:
         trimmed.add_metric([reason], count)
     yield trimmed
     yield from throttle_metrics(state.get("throttle") or {})
+    if "redis" in state:
+        yield from redis_role_metrics(state["redis"])
+
+
+def redis_role_metrics(redis_state: dict[str, Any]) -> Iterator[Metric]:
+    """The server this worker reads, its role, and its replicas (``worker.redis_role``)."""
+    info = GaugeMetricFamily(
+        "snackvideo_redis_info",
+        "Always 1: the Redis server this worker uses (address), its replication role "
+        "(master, replica, unknown when INFO is refused) and, on a replica, its master.",
+        labels=["address", "role", "master_address"],
+    )
+    info.add_metric(
+        [redis_state["address"], redis_state["role"], redis_state.get("master_address") or ""],
+        1,
+    )
+    yield info
+    replicas = GaugeMetricFamily(
+        "snackvideo_redis_connected_replicas",
+        "Replicas connected to the Redis master this worker uses (absent on a replica).",
+    )
+    if redis_state.get("connected_replicas") is not None:
+        replicas.add_metric([], redis_state["connected_replicas"])
+    yield replicas
 
 
 #: Throttle state fields exported per scope: (field of worker.throttle.state, metric, help).
