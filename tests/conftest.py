@@ -49,6 +49,17 @@ def wait_until(
         time.sleep(interval)
 
 
+def terminate(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM a process the test started, SIGKILL it if it outlives ``timeout``."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class RedisServer:
     """A redis-server process the test owns: it may stop and restart it at will."""
 
@@ -200,13 +211,7 @@ class Sandbox:
 
     def stop(self) -> None:
         self.http.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         if self.process.stdout is not None:
             self.process.stdout.close()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import RedisServer, free_port, wait_until
+from tests.conftest import RedisServer, free_port, terminate, wait_until
 
 MASTER_NAME = "mymaster"
 DOWN_AFTER_MS = 1000
@@ -65,13 +65,7 @@ class Sentinel:
 
     def stop(self) -> None:
         self.client.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
 
 class SentinelGroup:
