@@ -7,6 +7,8 @@ import os
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from producers.connections import cluster_mode_problem
 from producers.connections import redis_client as connect
@@ -32,9 +34,24 @@ def redis_client() -> redis.Redis:
     return client
 
 
+#: How long the start-up check for a cluster node waits for Redis.
+CLUSTER_CHECK_TIMEOUT_SECONDS = 2.0
+
+
 def refuse_cluster_mode() -> None:
     """Stop the process (one line, exit 2) when REDIS_URL leads to a Redis Cluster node."""
-    problem = cluster_mode_problem(redis_client())
+    # A client of its own, tried once: a Redis that does not answer delays a start by at
+    # most the timeout here, and is reported by what the process does next.
+    client = connect(
+        get_settings(),
+        socket_timeout=CLUSTER_CHECK_TIMEOUT_SECONDS,
+        socket_connect_timeout=CLUSTER_CHECK_TIMEOUT_SECONDS,
+        retry=Retry(NoBackoff(), 0),
+    )
+    try:
+        problem = cluster_mode_problem(client)
+    finally:
+        client.close()
     if problem is not None:
         refuse(ConfigurationError([("REDIS_URL", problem)]))
 
