@@ -1,5 +1,6 @@
 """The worker's Redis client (bookkeeping: throttle, dead letters, delayed jobs, markers),
-its view of the Redis clock, and how its replies are read."""
+built by ``producers.connections`` like every other; the start-up refusal of a Redis
+Cluster node; its view of the Redis clock, and how its replies are read."""
 
 from __future__ import annotations
 
