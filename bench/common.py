@@ -208,8 +208,9 @@ def redis_server_binary() -> str:
 class RedisServer:
     """A private redis-server: the benchmark owns its counters and may flush it at will."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
+        self.extra_args = extra_args  # more redis-server flags (--replicaof)
         self.workdir = scratch_dir("redis")
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
@@ -228,6 +229,7 @@ class RedisServer:
             "--appendfsync", "everysec",
             "--maxmemory-policy", "noeviction",
             "--logfile", str(self.workdir / "redis.log"),
+            *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)

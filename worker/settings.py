@@ -82,9 +82,9 @@ WEEK = 7 * DAY
 
 
 class Settings(ProducerSettings):
-    # kombu's broker transport takes redis:// and rediss:// (worker.celery_ext.transport),
-    # not unix://.
-    REDIS_SCHEMES: ClassVar[tuple[str, ...]] = ("redis", "rediss")
+    # kombu's broker transport takes redis://, rediss:// and its sentinel:// list
+    # (worker.celery_ext.transport), not unix://.
+    REDIS_SCHEMES: ClassVar[tuple[str, ...]] = ("redis", "rediss", "sentinel")
     # kombu's URL parser passes the query as keywords beside the ones it reads from the
     # URL itself: ?password=... made every process die in a TypeError traceback.
     REDIS_QUERY_REFUSED: ClassVar[frozenset[str]] = frozenset(
