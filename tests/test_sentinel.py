@@ -7,6 +7,7 @@ Real processes: a master, its replica and three Sentinels (``tests/sentinel_help
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import redis
 import requests
 
 from producers import EnqueueError, Producer
+from producers.aio import AsyncProducer
 from producers.keys import DELIVERY_QUEUE, ENQUEUED_COUNTER
 from tests.conftest import (
     PYTHON,
@@ -96,6 +98,35 @@ def test_min_replicas_waits_for_the_replica_and_refuses_when_too_few(
     assert sum(b"replicated-2" in item for item in queued) == 1
     master.close()
     two.close()
+
+
+def test_the_asyncio_producer_finds_the_master_and_waits_for_replicas(
+    sentinel_group: Callable[[], SentinelGroup], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the ingest service publishes with: the same Sentinel lookup and WAIT rule."""
+    group = sentinel_group()
+    monkeypatch.setenv("SNACKVIDEO_ENQUEUE_MIN_REPLICAS", "1")
+
+    async def enqueue_both() -> tuple[str, str]:
+        one = AsyncProducer(group.url, timeout_seconds=2)
+        two = AsyncProducer(group.url, timeout_seconds=2, min_replicas=2)
+        try:
+            first = await one.enqueue(STORE, event("async-replicated-1"))
+            with pytest.raises(EnqueueError) as refused:
+                await two.enqueue(STORE, event("async-replicated-2"), "async-order-2")
+            return first.job_id, str(refused.value)
+        finally:
+            await one.aclose()
+            await two.aclose()
+
+    job_id, message = asyncio.run(enqueue_both())
+    replica = redis.Redis(port=group.replica.port)
+    assert any(job_id.encode() in item for item in replica.lrange(DELIVERY_QUEUE, 0, -1))
+    replica.close()
+    assert "1 of 2 replica(s) confirmed it" in message
+    master = redis.Redis(port=group.master.port)
+    assert sum(b"async-replicated-2" in item for item in master.lrange(DELIVERY_QUEUE, 0, -1)) == 1
+    master.close()
 
 
 def test_beat_flower_and_cli_with_sentinel_and_master_passwords(
