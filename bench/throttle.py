@@ -90,11 +90,17 @@ def clear_throttle_state(redis: RedisServer) -> None:
 
 
 def measure(
-    redis: RedisServer, sandbox: Sandbox, mode: str, limit_spec: str, style: str, n: int
+    redis: RedisServer,
+    sandbox: Sandbox,
+    mode: str,
+    limit_spec: str,
+    style: str,
+    n: int,
+    alignment: str = "first-request",
 ) -> Result:
     limit, window = parse_rate_limit(limit_spec)
     clear_throttle_state(redis)
-    sandbox.configure(rate_limit=limit_spec, reset_style=style)
+    sandbox.configure(rate_limit=limit_spec, reset_style=style, window_alignment=alignment)
     sandbox.reset()
     producer = Producer(redis.url)
     run = f"{mode}-{limit_spec.replace('/', 'per')}-{style}"
@@ -116,6 +122,10 @@ def measure(
     # backlog still needed: the backlog ran out there, whatever the client.
     last_share = min(1.0, windows[-1]["count"] / limit)
     occupied = windows[-1]["start"] - windows[0]["start"] + window * last_share
+    if alignment == "clock" and len(windows) > 1:
+        # The first window opened on the server's clock, before the backlog arrived: like
+        # the last one, it counts for the share of its budget the backlog could use.
+        occupied -= window * (1 - min(1.0, windows[0]["count"] / limit))
     return Result(
         mode=mode,
         limit=limit_spec,

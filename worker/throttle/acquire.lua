@@ -1,4 +1,4 @@
--- keys=[state, in_flight, delivered?, dlq_entries?, dlq_taken?, generation?] args=[now, token, lease_seconds, default_interval_seconds, ttl_seconds, fallback_window_seconds, dlq_entry_id | "", take_slot, replay_count?, generation?]
+-- keys=[state, in_flight, delivered?, dlq_entries?, dlq_taken?, generation?] args=[now, token, lease_seconds, default_interval_seconds, ttl_seconds, fallback_window_seconds, dlq_entry_id | "", take_slot, replay_count, generation, probe_gate_share]
 -- Takes one request slot from a scope's shared budget, or says how long to wait.
 -- Returns {wait_seconds, now} as strings (a Lua number would come back truncated to an
 -- integer). wait "0": the slot is taken and `token` counts as in flight until
@@ -27,6 +27,9 @@ local default_interval = tonumber(ARGV[4])
 local ttl_ms = math.floor(tonumber(ARGV[5]) * 1000)
 local fallback_window = tonumber(ARGV[6])
 local dlq_entry_id = ARGV[7]
+-- After an optimistic refill, how long (share of the window) the first request of the new
+-- window is waited for before the rest of its budget is spent anyway.
+local probe_gate_share = tonumber(ARGV[11]) or 0
 
 local function fmt(x) return string.format('%.6f', x) end
 local function wait(seconds) return {fmt(math.max(seconds, 0.001)), fmt(now)} end
@@ -57,9 +60,12 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local in_flight = redis.call('ZCARD', KEYS[2])
 
 local raw = redis.call('HMGET', KEYS[1], 'limit', 'remaining', 'reset_at', 'window_s',
-  'blocked_until', 'next_slot_at')
+  'blocked_until', 'next_slot_at', 'adaptive_rate', 'provisional', 'window_started_at',
+  'probe_at')
 local limit, remaining, reset_at = tonumber(raw[1]), tonumber(raw[2]), tonumber(raw[3])
 local window_s, blocked_until, next_slot_at = tonumber(raw[4]), tonumber(raw[5]), tonumber(raw[6])
+local adaptive_rate = tonumber(raw[7])
+local provisional, started, probe_at = raw[8] == '1', tonumber(raw[9]), tonumber(raw[10])
 
 if blocked_until and now < blocked_until then
   return wait(blocked_until - now)
@@ -83,10 +89,20 @@ if reset_at and now >= reset_at then
     redis.call('HSET', KEYS[1], 'remaining', remaining, 'reset_at', fmt(reset_at),
       'provisional', 1, 'window_started_at', fmt(now))
     redis.call('HDEL', KEYS[1], 'window_opened_at')
+    provisional, started = true, now
   else
     remaining, reset_at = nil, nil
     redis.call('HDEL', KEYS[1], 'remaining', 'reset_at', 'provisional', 'window_opened_at')
   end
+end
+
+-- The probe: a refill is a guess (the reset may be rounded, the server's window may run
+-- on its own clock), so the first request of the new window goes alone and its answer
+-- (a count that jumped back up, or not) says what the server really has left. Spending the
+-- guessed budget before that answer is what put a 26th request into a 25/1 window.
+local gate = probe_gate_share * (window_s or fallback_window)
+if provisional and probe_at and started and probe_at >= started and now < probe_at + gate then
+  return wait(math.min(probe_at + gate - now, 0.005))
 end
 
 local interval
@@ -99,7 +115,8 @@ if remaining then
   -- Spread what is left over what is left of the window, instead of bursting it.
   interval = (reset_at - now) / effective
 else
-  interval = default_interval
+  -- No budget announced: the adaptive rate (record.lua), which starts at the default.
+  interval = adaptive_rate and (1 / adaptive_rate) or default_interval
 end
 
 -- A spread set on a longer window than the server has since announced (a provisional
@@ -113,6 +130,9 @@ end
 
 redis.call('ZADD', KEYS[2], fmt(now + lease), token)
 redis.call('HSET', KEYS[1], 'next_slot_at', fmt(now + interval))
+if provisional and not (probe_at and started and probe_at >= started) then
+  redis.call('HSET', KEYS[1], 'probe_at', fmt(now))
+end
 redis.call('HINCRBY', KEYS[1], 'taken', 1)
 redis.call('PEXPIRE', KEYS[1], ttl_ms)
 redis.call('PEXPIRE', KEYS[2], math.floor((lease + 1) * 1000))

@@ -75,6 +75,14 @@ FALLBACK_WINDOW_SECONDS = 1.0
 STATE_TTL_SECONDS = 86_400.0
 #: Spread wake-ups of processes told the same wait, so they do not all hit Redis at once.
 WAIT_JITTER_SECONDS = 0.002
+#: After an optimistic refill, the first request of the new window (the probe) is waited
+#: for up to this share of the window before the rest of the budget goes anyway.
+PROBE_GATE_SHARE = 0.2
+#: Adaptive rate defaults (no rate-limit header seen): a ceiling well above what one host
+#: delivers, +2/s per second near the rate of the last 429, halved on a 429.
+DEFAULT_ADAPTIVE_MAX_RATE = 1000.0
+DEFAULT_ADAPTIVE_STEP = 2.0
+DEFAULT_ADAPTIVE_FACTOR = 0.5
 #: Scopes the index keeps, the most recently answered: what `snackvideo status` shows and
 #: /metrics labels (``state``). One per base URL is a handful; one per store
 #: (SNACKVIDEO_THROTTLE_SCOPE=store) is as many as producers name, so the index keeps only
@@ -100,6 +108,9 @@ class Throttle:
         *,
         default_rate_per_second: float,
         enabled: bool = True,
+        adaptive_max_rate: float = DEFAULT_ADAPTIVE_MAX_RATE,
+        adaptive_step: float = DEFAULT_ADAPTIVE_STEP,
+        adaptive_factor: float = DEFAULT_ADAPTIVE_FACTOR,
         in_flight_lease_seconds: float = DEFAULT_IN_FLIGHT_LEASE_SECONDS,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -107,6 +118,10 @@ class Throttle:
         self.client = client
         self.default_rate_per_second = default_rate_per_second
         self.enabled = enabled
+        # Never below the starting rate: the ceiling caps how far the rate rises.
+        self.adaptive_max_rate = max(adaptive_max_rate, default_rate_per_second)
+        self.adaptive_step = adaptive_step
+        self.adaptive_factor = adaptive_factor
         self.in_flight_lease_seconds = in_flight_lease_seconds
         self.clock = clock
         self.rng = rng or random.Random()
@@ -123,6 +138,9 @@ class Throttle:
             client,
             default_rate_per_second=settings.default_rate_per_second,
             enabled=settings.throttle_enabled,
+            adaptive_max_rate=settings.adaptive_max_rate,
+            adaptive_step=settings.adaptive_step,
+            adaptive_factor=settings.adaptive_factor,
             # A request never outlives its timeouts; the margin covers a slow record call.
             in_flight_lease_seconds=settings.http_connect_timeout_seconds
             + settings.http_read_timeout_seconds
@@ -181,7 +199,8 @@ class Throttle:
                 FALLBACK_WINDOW_SECONDS,
                 marks.dlq_entry_id if marks is not None else "",
                 "1" if take_slot else "0",
-                *((marks.replay_count, marks.generation) if marks is not None else ()),
+                *((marks.replay_count, marks.generation) if marks is not None else ("", "")),
+                PROBE_GATE_SHARE,
             ],
         )
         if reply_text(wait_raw) == "done":
@@ -238,6 +257,12 @@ class Throttle:
                 scope,
                 delivered.delivered_ttl_seconds if delivered is not None else "",
                 TRACKED_SCOPES_MAX,
+                _arg(status_code),
+                self.default_rate_per_second,
+                self.adaptive_max_rate,
+                self.adaptive_step,
+                self.adaptive_factor,
+                "1" if parsed.reset_relative else "0",
             ],
         )
 
