@@ -193,7 +193,7 @@ end
 -- of the last cut: +1/s per answer, which doubles a rate the pace holds back about every
 -- 0.7 s; near that rate by `step` per second, additively); a 429 or a Retry-After cuts it
 -- by `factor`, once per round (answers to requests sent before the cut do not cut again).
--- It never exceeds twice the rate answers were seen at (a pace the workers cannot reach
+-- It never exceeds 4 x the rate answers were seen at (a pace the workers cannot reach
 -- proves nothing) nor `max_rate`. Headers, when present, rule: none of this runs then.
 local status = tonumber(ARGV[15])
 local default_rate = tonumber(ARGV[16])
@@ -222,7 +222,7 @@ if default_rate and not limit and not informative and (status or rate_limited) t
       else
         rate = rate + 1
       end
-      rate = math.min(rate, max_rate, math.max(default_rate, 2 * (observed or rate)))
+      rate = math.min(rate, max_rate, math.max(default_rate, 4 * (observed or rate)))
     end
   end
   redis.call('HSET', KEYS[1], 'adaptive_rate', fmt(rate), 'adaptive_cut_at', fmt(cut_at),
