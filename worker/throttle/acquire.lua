@@ -1,4 +1,4 @@
--- keys=[state, in_flight, delivered?, dlq_entries?, dlq_taken?, generation?] args=[now, token, lease_seconds, default_interval_seconds, ttl_seconds, fallback_window_seconds, dlq_entry_id | "", take_slot, replay_count, generation, probe_gate_share]
+-- keys=[state, in_flight, delivered?, dlq_entries?, dlq_taken?, generation?] args=[now, token, lease_seconds, default_interval_seconds, ttl_seconds, fallback_window_seconds, dlq_entry_id | "", take_slot, replay_count?, generation?]
 -- Takes one request slot from a scope's shared budget, or says how long to wait.
 -- Returns {wait_seconds, now} as strings (a Lua number would come back truncated to an
 -- integer). wait "0": the slot is taken and `token` counts as in flight until
@@ -27,9 +27,6 @@ local default_interval = tonumber(ARGV[4])
 local ttl_ms = math.floor(tonumber(ARGV[5]) * 1000)
 local fallback_window = tonumber(ARGV[6])
 local dlq_entry_id = ARGV[7]
--- After an optimistic refill, how long (share of the window) the first request of the new
--- window is waited for before the rest of its budget is spent anyway.
-local probe_gate_share = tonumber(ARGV[11]) or 0
 
 local function fmt(x) return string.format('%.6f', x) end
 local function wait(seconds) return {fmt(math.max(seconds, 0.001)), fmt(now)} end
@@ -60,12 +57,10 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local in_flight = redis.call('ZCARD', KEYS[2])
 
 local raw = redis.call('HMGET', KEYS[1], 'limit', 'remaining', 'reset_at', 'window_s',
-  'blocked_until', 'next_slot_at', 'adaptive_rate', 'provisional', 'window_started_at',
-  'probe_at')
+  'blocked_until', 'next_slot_at', 'adaptive_rate')
 local limit, remaining, reset_at = tonumber(raw[1]), tonumber(raw[2]), tonumber(raw[3])
 local window_s, blocked_until, next_slot_at = tonumber(raw[4]), tonumber(raw[5]), tonumber(raw[6])
 local adaptive_rate = tonumber(raw[7])
-local provisional, started, probe_at = raw[8] == '1', tonumber(raw[9]), tonumber(raw[10])
 
 if blocked_until and now < blocked_until then
   return wait(blocked_until - now)
@@ -89,20 +84,10 @@ if reset_at and now >= reset_at then
     redis.call('HSET', KEYS[1], 'remaining', remaining, 'reset_at', fmt(reset_at),
       'provisional', 1, 'window_started_at', fmt(now))
     redis.call('HDEL', KEYS[1], 'window_opened_at')
-    provisional, started = true, now
   else
     remaining, reset_at = nil, nil
     redis.call('HDEL', KEYS[1], 'remaining', 'reset_at', 'provisional', 'window_opened_at')
   end
-end
-
--- The probe: a refill is a guess (the reset may be rounded, the server's window may run
--- on its own clock), so the first request of the new window goes alone and its answer
--- (a count that jumped back up, or not) says what the server really has left. Spending the
--- guessed budget before that answer is what put a 26th request into a 25/1 window.
-local gate = probe_gate_share * (window_s or fallback_window)
-if provisional and probe_at and started and probe_at >= started and now < probe_at + gate then
-  return wait(math.min(probe_at + gate - now, 0.005))
 end
 
 local interval
@@ -130,9 +115,6 @@ end
 
 redis.call('ZADD', KEYS[2], fmt(now + lease), token)
 redis.call('HSET', KEYS[1], 'next_slot_at', fmt(now + interval))
-if provisional and not (probe_at and started and probe_at >= started) then
-  redis.call('HSET', KEYS[1], 'probe_at', fmt(now))
-end
 redis.call('HINCRBY', KEYS[1], 'taken', 1)
 redis.call('PEXPIRE', KEYS[1], ttl_ms)
 redis.call('PEXPIRE', KEYS[2], math.floor((lease + 1) * 1000))

@@ -75,9 +75,6 @@ FALLBACK_WINDOW_SECONDS = 1.0
 STATE_TTL_SECONDS = 86_400.0
 #: Spread wake-ups of processes told the same wait, so they do not all hit Redis at once.
 WAIT_JITTER_SECONDS = 0.002
-#: After an optimistic refill, the first request of the new window (the probe) is waited
-#: for up to this share of the window before the rest of the budget goes anyway.
-PROBE_GATE_SHARE = 0.2
 #: Adaptive rate defaults (no rate-limit header seen): a ceiling well above what one host
 #: delivers, +2/s per second near the rate of the last 429, halved on a 429.
 DEFAULT_ADAPTIVE_MAX_RATE = 1000.0
@@ -199,8 +196,7 @@ class Throttle:
                 FALLBACK_WINDOW_SECONDS,
                 marks.dlq_entry_id if marks is not None else "",
                 "1" if take_slot else "0",
-                *((marks.replay_count, marks.generation) if marks is not None else ("", "")),
-                PROBE_GATE_SHARE,
+                *((marks.replay_count, marks.generation) if marks is not None else ()),
             ],
         )
         if reply_text(wait_raw) == "done":
