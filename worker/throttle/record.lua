@@ -41,6 +41,11 @@ local started, opened = num('window_started_at') or 0, num('window_opened_at')
 -- (the latest request the window before answered for); `sent_max` is that for the
 -- tracked window itself, the bound of the next rollover.
 local rollover_after, sent_max = num('rollover_after'), num('sent_max')
+-- The lowest count an answer gave in the tracked window, and when that answer came back: a
+-- request sent after it reached the server after it, so within the same window it must
+-- report a lower count. One that does not is from a later window, however few requests
+-- race (with one request in flight, "one more than the lowest" is otherwise ambiguous).
+local count_seen, count_seen_at = num('count_seen'), num('count_seen_at')
 -- Set by a 429 (below): the server's windows do not start at our first request (they run
 -- on its clock, or another client opens them), so what assumes they do is not believed.
 -- A reset sent as delta seconds says nothing of when the window began (rounded up, it
@@ -66,6 +71,9 @@ if informative then
   if not tracked then
     new_window = true
   elseif h_remaining and h_remaining - remaining > in_flight_before then
+    new_window = true
+  elseif h_remaining and count_seen and count_seen_at and acquired_at >= count_seen_at
+      and h_remaining >= count_seen then
     new_window = true
   elseif reset_hint and not provisional and reset_hint > reset_at + resolution + 0.05 then
     new_window = true
@@ -115,6 +123,11 @@ elseif tracked then
       reset_at = math.min(reset_at, reset_hint)
     end
   end
+end
+
+if h_remaining and (new_window or (tracked and acquired_at >= started
+    and (not count_seen or h_remaining < count_seen))) then
+  count_seen, count_seen_at = h_remaining, now
 end
 
 -- The latest send time the tracked window answered for: an answer whose count did not go
@@ -169,10 +182,11 @@ local fields = {
   provisional = provisional and 1 or nil, updated_at = fmt(now),
   rollover_after = rollover_after and fmt(rollover_after), sent_max = sent_max and fmt(sent_max),
   foreign_phase = (s['foreign_phase'] == '1' or rate_limited) and 1 or nil,
+  count_seen = count_seen, count_seen_at = count_seen_at and fmt(count_seen_at),
 }
 local names = {'limit', 'remaining', 'reset_at', 'window_s', 'window_bound',
   'window_started_at', 'window_opened_at', 'blocked_until', 'provisional', 'updated_at',
-  'rollover_after', 'sent_max', 'foreign_phase'}
+  'rollover_after', 'sent_max', 'foreign_phase', 'count_seen', 'count_seen_at'}
 for _, name in ipairs(names) do
   if fields[name] ~= nil then
     redis.call('HSET', KEYS[1], name, fields[name])
