@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from dataclasses import dataclass, field
 
 import redis
@@ -80,7 +81,7 @@ def drive(client: redis.Redis, server: Server, start: float, latencies: list[flo
     """One request at a time: acquire, the request lands after half the latency, the
     answer after all of it; then ask again at once (a backlog that never runs dry)."""
     client.delete(throttle_key(SCOPE), throttle_in_flight_key(SCOPE))
-    throttle = Throttle(client, default_rate_per_second=LIMIT)
+    throttle = Throttle(client, default_rate_per_second=LIMIT, rng=random.Random(0))
     now = start
     for latency in latencies:
         wait = throttle.acquire(SCOPE, now=now)

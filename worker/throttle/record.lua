@@ -151,7 +151,9 @@ if limit and h_remaining == limit - 1 and reset_hint and not opened
     if not window_bound or bound < window_bound then window_bound = bound end
   end
   local tight = reset_hint
-  if window_bound then
+  -- A millisecond reset is precise already: a millisecond more is not worth a 429 (the
+  -- bound may be short when the server's windows are not ours).
+  if window_bound and resolution >= 1 then
     tight = math.max(reset_hint - resolution, math.min(reset_hint, now + window_bound))
   end
   reset_at = math.min(reset_at or tight, tight)
