@@ -15,11 +15,15 @@ on every host, kept in Redis and changed only by two Lua scripts.
 
 Spreading: the remaining budget is paced evenly over what is left of the window
 (``(reset_at - now) / (remaining - in_flight)``), so 16 processes do not spend a window in
-its first milliseconds and then all wait, and no two of them take the last unit. Before
-any header was seen, requests are paced at ``SNACKVIDEO_DEFAULT_RATE``. The pace never
+its first milliseconds and then all wait, and no two of them take the last unit. The pace never
 holds a request past the end of the tracked window, and every header-derived number is
 bounded (``headers``): no answer stops a scope for longer than the reset
 or Retry-After it announced plus one window.
+
+Without any rate-limit header the pace is an adaptive rate (AIMD, in record.lua): it starts
+at ``SNACKVIDEO_DEFAULT_RATE``, rises while answers come back without a 429, and is cut by
+``SNACKVIDEO_ADAPTIVE_RATE_FACTOR`` on a 429 or a ``Retry-After``. Headers, when present,
+rule.
 
 Clock: the scripts read Redis ``TIME``; Python hands them only relative values (the
 header parser turns epoch resets into "seconds from now"), so workers on hosts with
