@@ -1,9 +1,9 @@
 """``make bench`` / ``python -m bench``: run every benchmark, print the tables, write the docs.
 
 Sections run in order (``--only`` picks some): the sandbox's ceiling, the producer,
-the HTTP ingest service, unthrottled delivery, Redis round trips, candidate hot-path
-changes, throttled delivery (``bench/throttle.py``, when it exists), memory, and a py-spy
-profile of the hot path.
+the HTTP ingest service, the producer waiting for a replica, unthrottled delivery, Redis
+round trips, candidate hot-path changes, throttled delivery (``bench/throttle.py``, when it
+exists), memory, and a py-spy profile of the hot path.
 The full run writes ``docs/benchmarks.md``: the tables, the machine, the versions and the
 date. Hand-written analysis between the ``notes`` markers of the existing file is kept
 across runs.
@@ -37,6 +37,7 @@ from bench import (
     ingest,
     memory,
     producer,
+    replicas,
     roundtrips,
     sandbox_ceiling,
     variants,
@@ -49,6 +50,7 @@ SECTIONS = (
     "sandbox",
     "producer",
     "ingest",
+    "replicas",
     "delivery",
     "roundtrips",
     "variants",
@@ -188,6 +190,7 @@ def run_sections(args: argparse.Namespace, chosen: list[str]) -> list[Section]:
         "sandbox": lambda: sandbox_ceiling.run(args.n, concurrencies),
         "producer": lambda: producer.run(args.n),
         "ingest": lambda: ingest.run(args.n),
+        "replicas": lambda: replicas.run(args.n),
         "delivery": lambda: delivery.run(args.n, concurrencies)[0],
         "roundtrips": lambda: roundtrips.run(min(args.n, 1_000)),
         "variants": lambda: variants.run(min(args.n, 1_500)),

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,17 +53,20 @@ from bench.common import (
     wait_until,
     worker_env,
 )
+from bench.throttle_adaptive import AdaptiveResult, adaptive_table, adaptive_verdict, run_adaptive
 from producers.enqueue import Producer
 from sandbox.ratelimit import parse_rate_limit
 
-DEFAULT_LIMITS = ("25/1", "100/10")
+DEFAULT_LIMITS = ("25/1",)
 DEFAULT_STYLES = ("seconds", "epoch", "epoch-ms")
-# Windows' worth of backlog per limit: 12 × 25 = 300 events, 3 × 100 = 300 events.
-DEFAULT_WINDOWS = (12, 3)
+DEFAULT_ALIGNMENTS = ("first-request", "clock")
+# Windows' worth of backlog per limit: 10 × 25 = 250 events, as in the throttle issue.
+DEFAULT_WINDOWS = (10,)
+DEFAULT_RUNS = 10
 NODES = 2
 CONCURRENCY = 8
 TARGET_429_SHARE = 0.005
-TARGET_GOODPUT = 0.95
+TARGET_GOODPUT = 0.97
 DOCS = ROOT / "docs" / "throttle.md"
 
 
@@ -71,6 +75,7 @@ class Result:
     mode: str
     limit: str
     style: str
+    alignment: str
     n: int
     accepted: int
     requests: int
@@ -91,11 +96,17 @@ def clear_throttle_state(redis: RedisServer) -> None:
 
 
 def measure(
-    redis: RedisServer, sandbox: Sandbox, mode: str, limit_spec: str, style: str, n: int
+    redis: RedisServer,
+    sandbox: Sandbox,
+    mode: str,
+    limit_spec: str,
+    style: str,
+    n: int,
+    alignment: str = "first-request",
 ) -> Result:
     limit, window = parse_rate_limit(limit_spec)
     clear_throttle_state(redis)
-    sandbox.configure(rate_limit=limit_spec, reset_style=style)
+    sandbox.configure(rate_limit=limit_spec, reset_style=style, window_alignment=alignment)
     sandbox.reset()
     producer = Producer(redis.url)
     run = f"{mode}-{limit_spec.replace('/', 'per')}-{style}"
@@ -117,10 +128,15 @@ def measure(
     # backlog still needed: the backlog ran out there, whatever the client.
     last_share = min(1.0, windows[-1]["count"] / limit)
     occupied = windows[-1]["start"] - windows[0]["start"] + window * last_share
+    if alignment == "clock" and len(windows) > 1:
+        # The first window opened on the server's clock, before the backlog arrived: like
+        # the last one, it counts for the share of its budget the backlog could use.
+        occupied -= window * (1 - min(1.0, windows[0]["count"] / limit))
     return Result(
         mode=mode,
         limit=limit_spec,
         style=style,
+        alignment=alignment,
         n=n,
         accepted=accepted,
         requests=int(stats["requests"]),
@@ -156,65 +172,107 @@ def run(
     styles: Sequence[str] = DEFAULT_STYLES,
     windows: Sequence[int] = DEFAULT_WINDOWS,
     modes: Sequence[str] = ("throttle", "baseline"),
+    alignments: Sequence[str] = DEFAULT_ALIGNMENTS,
+    runs: int = DEFAULT_RUNS,
+    adaptive: bool = True,
 ) -> Section:
     section = Section(
-        "Throttle: 429s and goodput against a rate-limited sandbox",
+        "Throttle: 429s and limit used against a rate-limited sandbox",
         intro=(
             f"{NODES} worker nodes × `-c {CONCURRENCY}` (prefork) on one private Redis; "
-            "backlog enqueued at once; figures from the sandbox's own counters. "
-            f"Load average before: {load_average()} on {os.cpu_count()} CPUs."
+            f"backlog enqueued at once; the throttle {runs} runs per row (state cleared "
+            "between runs, workers kept), the baseline one; figures from the sandbox's own "
+            f"counters. Load average before: {load_average()} on {os.cpu_count()} CPUs."
         ),
     )
     results: list[Result] = []
+    adaptive_results: list[AdaptiveResult] = []
     redis = RedisServer(appendonly=True).start()
     sandbox = start_sandbox()
     try:
         for mode in modes:
             nodes = start_nodes(redis, sandbox, mode)
             try:
+                repeat = runs if mode == "throttle" else 1
                 for limit_spec, count in zip(limits, windows, strict=True):
                     limit, _ = parse_rate_limit(limit_spec)
-                    for style in styles:
-                        result = measure(redis, sandbox, mode, limit_spec, style, limit * count)
-                        results.append(result)
-                        print(row_text(result), flush=True)
+                    for alignment in alignments:
+                        for style in styles:
+                            for _ in range(repeat):
+                                result = measure(
+                                    redis, sandbox, mode, limit_spec, style, limit * count,
+                                    alignment,
+                                )  # fmt: skip
+                                results.append(result)
+                                print(row_text(result), flush=True)
+                if mode == "throttle" and adaptive:
+                    adaptive_results = run_adaptive(redis, sandbox)
             finally:
                 for worker in nodes:
                     worker.cleanup()
     finally:
         sandbox.stop()
         redis.remove()
-    section.add(results_table(results))
-    section.add(f"Load average after: {load_average()}.")
+    section.add(spread_table(results))
+    section.add(f"Load average after the Reset runs: {load_average()}.")
     section.add(verdict(results))
+    if adaptive_results:
+        section.add(
+            "### Without rate-limit headers: the adaptive rate\n\n"
+            "The same two nodes; 3,000 events for the first two rows, 1,500 behind the "
+            "hidden limit (30 s of it). *× headers*: events/s over the header-driven row's."
+        )
+        section.add(adaptive_table(adaptive_results))
+        section.add(adaptive_verdict(adaptive_results))
+    section.add(f"Load average after: {load_average()}.")
     return section
 
 
 def row_text(result: Result) -> str:
     return (
-        f"{result.mode:<9} {result.limit:>6} {result.style:<8} delivered {result.accepted}/"
-        f"{result.n}  requests {result.requests}  429 {result.share_429:6.2%}  "
-        f"goodput {result.goodput:6.1%}  ({result.seconds:.1f} s)"
+        f"{result.mode:<9} {result.limit:>6} {result.alignment:<13} {result.style:<8} "
+        f"delivered {result.accepted}/{result.n}  requests {result.requests}  "
+        f"429 {result.share_429:6.2%}  goodput {result.goodput:6.1%}  ({result.seconds:.1f} s)"
     )
 
 
-def results_table(results: Sequence[Result]) -> str:
-    return table(
-        ["limit", "Reset", "client", "delivered", "requests", "429 share", "goodput", "seconds"],
-        [
+def _spread(values: Sequence[float], fmt: str) -> str:
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return format(ordered[0], fmt)
+    low, mid, high = ordered[0], statistics.median(ordered), ordered[-1]
+    return f"{low:{fmt}} / {mid:{fmt}} / {high:{fmt}}"
+
+
+def spread_table(results: Sequence[Result]) -> str:
+    groups: dict[tuple[str, str, str, str], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.limit, r.alignment, r.style, r.mode), []).append(r)
+    rows = []
+    for (limit, alignment, style, mode), group in groups.items():
+        met = sum(
+            1 for r in group if r.share_429 <= TARGET_429_SHARE and r.goodput >= TARGET_GOODPUT
+        )
+        rows.append(
             [
-                r.limit,
-                r.style,
-                r.mode,
-                f"{r.accepted}/{r.n}",
-                r.requests,
-                f"{r.share_429:.2%}",
-                f"{r.goodput:.1%}",
-                f"{r.seconds:.1f}",
+                limit,
+                alignment,
+                style,
+                mode,
+                len(group),
+                f"{sum(r.accepted for r in group)}/{sum(r.n for r in group)}",
+                _spread([r.share_429 for r in group], ".2%"),
+                _spread([r.goodput for r in group], ".1%"),
+                _spread([r.seconds for r in group], ".1f"),
+                f"{met}/{len(group)}",
             ]
-            for r in results
-        ],
-    )
+        )
+    return table(
+        ["limit", "windows", "Reset", "client", "runs", "delivered",
+         "429 share min / median / max", "limit used min / median / max",
+         "seconds min / median / max", "runs on target"],
+        rows,
+    )  # fmt: skip
 
 
 def verdict(results: Sequence[Result]) -> str:
@@ -223,14 +281,15 @@ def verdict(results: Sequence[Result]) -> str:
         return "No throttle runs."
     worst_429 = max(ours, key=lambda r: r.share_429)
     worst_goodput = min(ours, key=lambda r: r.goodput)
-    met_429 = worst_429.share_429 <= TARGET_429_SHARE
-    met_goodput = worst_goodput.goodput >= TARGET_GOODPUT
+    on_target = sum(
+        1 for r in ours if r.share_429 <= TARGET_429_SHARE and r.goodput >= TARGET_GOODPUT
+    )
     return (
-        f"Throttle, worst case over limits and conventions: 429 share "
-        f"{worst_429.share_429:.2%} ({worst_429.limit} {worst_429.style}; target ≤ "
-        f"{TARGET_429_SHARE:.1%}: {'met' if met_429 else 'NOT met'}), goodput "
-        f"{worst_goodput.goodput:.1%} ({worst_goodput.limit} {worst_goodput.style}; target ≥ "
-        f"{TARGET_GOODPUT:.0%}: {'met' if met_goodput else 'NOT met'})."
+        f"Throttle, {on_target} of {len(ours)} runs on target (≤ {TARGET_429_SHARE:.1%} "
+        f"429s and ≥ {TARGET_GOODPUT:.0%} of the limit used). Worst run: 429 share "
+        f"{worst_429.share_429:.2%} ({worst_429.limit} {worst_429.alignment} "
+        f"{worst_429.style}), limit used {worst_goodput.goodput:.1%} ({worst_goodput.limit} "
+        f"{worst_goodput.alignment} {worst_goodput.style})."
     )
 
 
@@ -260,11 +319,14 @@ def main(argv: list[str] | None = None) -> int:
         help="backlog per limit, in windows' worth of events",
     )  # fmt: skip
     parser.add_argument("--modes", default="throttle,baseline")
+    parser.add_argument("--alignments", default=",".join(DEFAULT_ALIGNMENTS))
+    parser.add_argument("--runs", type=int, default=DEFAULT_RUNS, help="throttle runs per row")
+    parser.add_argument("--no-adaptive", action="store_true", help="skip the header-less runs")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/throttle.md")
     args = parser.parse_args(argv)
     section = run(
         _csv(args.limits), _csv(args.styles), [int(w) for w in _csv(args.windows)],
-        _csv(args.modes),
+        _csv(args.modes), _csv(args.alignments), args.runs, not args.no_adaptive,
     )  # fmt: skip
     if not args.no_docs:
         write_docs(section)

@@ -16,8 +16,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from tenacity import AsyncRetrying, RetryError
 
+from producers.connections import async_redis_client
 from producers.enqueue import ENQUEUE_LUA, Enqueued, PreparedCall, ProducerBase, enqueued
-from producers.errors import EnqueueError
 
 
 class AsyncProducer(ProducerBase):
@@ -30,15 +30,17 @@ class AsyncProducer(ProducerBase):
         timeout_seconds: float | None = None,
         idempotency_ttl_seconds: int | None = None,
         max_payload_bytes: int | None = None,
+        min_replicas: int | None = None,
     ) -> None:
         super().__init__(
             redis_url,
             timeout_seconds=timeout_seconds,
             idempotency_ttl_seconds=idempotency_ttl_seconds,
             max_payload_bytes=max_payload_bytes,
+            min_replicas=min_replicas,
         )
-        self.client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
-            self.redis_url,
+        self.client: redis.asyncio.Redis = async_redis_client(
+            self.settings,
             socket_timeout=self.socket_timeout,
             socket_connect_timeout=self.socket_timeout,
             retry=Retry(NoBackoff(), 0),
@@ -77,12 +79,27 @@ class AsyncProducer(ProducerBase):
         try:
             async for attempt in AsyncRetrying(**self.retry_policy()):
                 with attempt:
+                    if self.min_replicas:
+                        return await self._run_replicated(call)
                     return list(await self._script(keys=call.keys, args=call.argv))
         except RetryError as exc:
             raise self.not_accepted(exc) from exc.last_attempt.exception()
         except redis.RedisError as exc:
-            raise EnqueueError(f"Redis refused the job: {exc}") from exc
+            raise self.refused(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run_replicated(self, call: PreparedCall) -> list[Any]:
+        """``Producer._run_replicated``: the script and WAIT on one connection, one trip."""
+        for _ in range(2):  # the second time after loading a script Redis did not know
+            pipe = self.client.pipeline(transaction=False)
+            pipe.evalsha(self._script.sha, len(call.keys), *call.keys, *call.argv)
+            pipe.execute_command("WAIT", self.min_replicas, self.replica_wait_ms)
+            result, confirmed = await pipe.execute(raise_on_error=False)
+            if isinstance(result, redis.exceptions.NoScriptError):
+                await self.client.script_load(ENQUEUE_LUA)
+                continue
+            return self.confirmed_or_raise(result, confirmed)
+        raise redis.exceptions.NoScriptError("the enqueue script did not stay loaded")
 
     async def ping(self) -> bool:
         """Whether Redis answers now (one try, within the socket timeout)."""

@@ -2,7 +2,9 @@
 
 A call either returns job ids that are in Redis or raises: validation errors raise
 ``InvalidEvent`` before anything is written, and a Redis that does not answer within
-``SNACKVIDEO_ENQUEUE_TIMEOUT_SECONDS`` raises ``EnqueueError``.
+``SNACKVIDEO_ENQUEUE_TIMEOUT_SECONDS`` raises ``EnqueueError``. With
+``SNACKVIDEO_ENQUEUE_MIN_REPLICAS`` set, "in Redis" means on the master and that many
+replicas (``WAIT``), so that a failover cannot lose what the call returned.
 
 A call queues each event at most once, however often it retries. Its job ids and messages
 are built once, before the first attempt, together with a call token. The Lua script
@@ -33,6 +35,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from producers.connections import redis_client
 from producers.errors import ConfigurationError, EnqueueError, InvalidEvent
 from producers.keys import (
     DELIVERY_QUEUE,
@@ -42,7 +45,7 @@ from producers.keys import (
 )
 from producers.message import build_message
 from producers.models import JOB_SCHEMA_VERSION, validate_payload, validate_store_id
-from producers.settings import ProducerSettings
+from producers.settings import CLUSTER_REFUSAL, ProducerSettings
 
 #: Most payloads one ``enqueue_many`` call takes. The batch is one Lua call, and Redis runs
 #: nothing else meanwhile (no worker pops, no heartbeat is written): 1,000 events of ~1 KB
@@ -61,6 +64,28 @@ TRANSIENT_REDIS_ERRORS = (
     redis.exceptions.ReadOnlyError,
     redis.exceptions.OutOfMemoryError,
     redis.exceptions.TryAgainError,
+)
+
+
+class NotReplicated(Exception):
+    """Raised (and retried) when fewer replicas than SNACKVIDEO_ENQUEUE_MIN_REPLICAS
+    confirmed a stored job within WAIT's timeout."""
+
+    def __init__(self, confirmed: int, wanted: int) -> None:
+        self.confirmed = confirmed
+        super().__init__(f"{confirmed} of {wanted} replica(s) confirmed it")
+
+
+# A job stored on the master but on too few replicas: the retry, with the same call token,
+# pushes nothing again and waits once more (a failover may have left no replica yet).
+RETRIED_ERRORS = (*TRANSIENT_REDIS_ERRORS, NotReplicated)
+
+#: How a Redis Cluster node refuses the enqueue script's keys (CLUSTERDOWN, CROSSSLOT,
+#: MOVED, ASK), as redis-py raises them.
+CLUSTER_REFUSALS = (
+    redis.exceptions.ClusterError,
+    redis.exceptions.ClusterCrossSlotError,
+    redis.exceptions.AskError,
 )
 
 ENQUEUE_LUA = resources.files("producers").joinpath("lua/enqueue.lua").read_text()
@@ -107,12 +132,14 @@ class ProducerBase:
         timeout_seconds: float | None = None,
         idempotency_ttl_seconds: int | None = None,
         max_payload_bytes: int | None = None,
+        min_replicas: int | None = None,
     ) -> None:
         settings = producer_settings(
             redis_url=redis_url,
             timeout_seconds=timeout_seconds,
             idempotency_ttl_seconds=idempotency_ttl_seconds,
             max_payload_bytes=max_payload_bytes,
+            min_replicas=min_replicas,
         )
         self.settings = settings
         self.redis_url = settings.redis_url
@@ -125,6 +152,9 @@ class ProducerBase:
         self.socket_timeout = min(2.0, self.timeout_seconds / 2)
         self._retry_window_seconds = self.timeout_seconds - self.socket_timeout
         self.call_ttl_seconds = call_ttl_seconds(self.timeout_seconds, self.socket_timeout)
+        self.min_replicas = settings.enqueue_min_replicas
+        # WAIT blocks the connection: half the socket timeout leaves the reply time to come.
+        self.replica_wait_ms = max(1, int(self.socket_timeout * 1000 / 2))
 
     def prepare(
         self,
@@ -170,7 +200,7 @@ class ProducerBase:
     def retry_policy(self) -> dict[str, Any]:
         """tenacity's arguments for publishing one call (``Retrying`` or ``AsyncRetrying``)."""
         return {
-            "retry": retry_if_exception_type(TRANSIENT_REDIS_ERRORS),
+            "retry": retry_if_exception_type(RETRIED_ERRORS),
             "stop": stop_before_delay(self._retry_window_seconds),
             "wait": wait_random_exponential(multiplier=0.05, max=1.0),
             "reraise": False,
@@ -180,7 +210,28 @@ class ProducerBase:
         """The error for a call whose retries ran out (raise it ``from`` the last cause)."""
         cause = exc.last_attempt.exception()
         within = f"{self.timeout_seconds:g}s"
+        if isinstance(cause, NotReplicated):
+            return EnqueueError(
+                f"Redis stored the job, but {cause} within {within}: it may still be "
+                "delivered, and an enqueue with the same idempotency key does not queue it twice"
+            )
         return EnqueueError(f"Redis did not accept the job within {within}: {cause}")
+
+    def refused(self, exc: redis.RedisError) -> EnqueueError:
+        """The error for a call Redis refused outright (raise it ``from`` ``exc``)."""
+        if isinstance(exc, CLUSTER_REFUSALS):
+            return EnqueueError(f"Redis refused the job: {CLUSTER_REFUSAL}")
+        return EnqueueError(f"Redis refused the job: {exc}")
+
+    def confirmed_or_raise(self, result: Any, confirmed: Any) -> list[Any]:
+        """The script's result once WAIT says enough replicas hold it, else raise."""
+        if isinstance(result, Exception):
+            raise result
+        if isinstance(confirmed, Exception):
+            raise confirmed
+        if int(confirmed) < self.min_replicas:
+            raise NotReplicated(int(confirmed), self.min_replicas)
+        return list(result)
 
 
 class Producer(ProducerBase):
@@ -193,6 +244,7 @@ class Producer(ProducerBase):
         timeout_seconds: float | None = None,
         idempotency_ttl_seconds: int | None = None,
         max_payload_bytes: int | None = None,
+        min_replicas: int | None = None,
         client: redis.Redis | None = None,
     ) -> None:
         super().__init__(
@@ -200,9 +252,10 @@ class Producer(ProducerBase):
             timeout_seconds=timeout_seconds,
             idempotency_ttl_seconds=idempotency_ttl_seconds,
             max_payload_bytes=max_payload_bytes,
+            min_replicas=min_replicas,
         )
-        self.client = client or redis.Redis.from_url(
-            self.redis_url,
+        self.client = client or redis_client(
+            self.settings,
             socket_timeout=self.socket_timeout,
             socket_connect_timeout=self.socket_timeout,
             retry=Retry(NoBackoff(), 0),
@@ -254,12 +307,28 @@ class Producer(ProducerBase):
         try:
             for attempt in Retrying(**self.retry_policy()):
                 with attempt:
+                    if self.min_replicas:
+                        return self._run_replicated(call)
                     return list(self._script(keys=call.keys, args=call.argv))
         except RetryError as exc:
             raise self.not_accepted(exc) from exc.last_attempt.exception()
         except redis.RedisError as exc:
-            raise EnqueueError(f"Redis refused the job: {exc}") from exc
+            raise self.refused(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _run_replicated(self, call: PreparedCall) -> list[Any]:
+        """The script, then WAIT, on one connection in one round trip: WAIT counts the
+        replicas that have this connection's writes, the script's included."""
+        for _ in range(2):  # the second time after loading a script Redis did not know
+            pipe = self.client.pipeline(transaction=False)
+            pipe.evalsha(self._script.sha, len(call.keys), *call.keys, *call.argv)
+            pipe.execute_command("WAIT", self.min_replicas, self.replica_wait_ms)  # type: ignore[no-untyped-call]
+            result, confirmed = pipe.execute(raise_on_error=False)
+            if isinstance(result, redis.exceptions.NoScriptError):
+                self.client.script_load(ENQUEUE_LUA)
+                continue
+            return self.confirmed_or_raise(result, confirmed)
+        raise redis.exceptions.NoScriptError("the enqueue script did not stay loaded")
 
     def close(self) -> None:
         self.client.close()
@@ -271,6 +340,7 @@ _ARGUMENT_FIELDS = {
     "timeout_seconds": "enqueue_timeout_seconds",
     "idempotency_ttl_seconds": "idempotency_ttl_seconds",
     "max_payload_bytes": "max_payload_bytes",
+    "min_replicas": "enqueue_min_replicas",
 }
 
 

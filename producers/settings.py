@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Self, get_args
 from urllib.parse import parse_qsl, urlsplit
 
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import Field, ValidationError, field_serializer, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_serializer, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
@@ -44,6 +44,7 @@ from producers.models import MAX_PAYLOAD_BYTES as DEFAULT_MAX_PAYLOAD_BYTES
 from producers.urls import without_password
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_SENTINEL_MASTER = "mymaster"
 DEFAULT_ENQUEUE_TIMEOUT_SECONDS = 5.0
 DEFAULT_IDEMPOTENCY_TTL_SECONDS = 48 * 3600
 
@@ -51,6 +52,16 @@ DEFAULT_IDEMPOTENCY_TTL_SECONDS = 48 * 3600
 #: about 9e15 s), but each such key is memory held for every event: a year is the most
 #: any window here needs, and the bound keeps every derived TTL an integer Redis takes.
 MAX_TTL_SECONDS = 365 * 86_400
+
+#: URL schemes of Redis Cluster (redis-py's and other clients' spellings).
+CLUSTER_SCHEMES = frozenset({"redis+cluster", "rediss+cluster", "cluster"})
+#: Why a cluster is refused, and what to use instead: one line.
+CLUSTER_REFUSAL = (
+    "Redis Cluster is not supported (the enqueue and delivery Lua scripts touch several "
+    "keys in one call, and kombu has no cluster transport); for failover use Redis "
+    "Sentinel: REDIS_URL=sentinel://host1:26379;sentinel://host2:26379 with "
+    "SNACKVIDEO_REDIS_SENTINEL_MASTER"
+)
 
 # Error types whose pydantic text is replaced by the field's range: the value was not a
 # number, not finite, or out of bounds; the rule says all three at once.
@@ -115,11 +126,23 @@ class EnvSettings(BaseSettings):
     )
 
     #: URL schemes this side's Redis client understands.
-    REDIS_SCHEMES: ClassVar[tuple[str, ...]] = ("redis", "rediss", "unix")
+    REDIS_SCHEMES: ClassVar[tuple[str, ...]] = ("redis", "rediss", "unix", "sentinel")
     #: Query arguments of REDIS_URL this side's client cannot take.
     REDIS_QUERY_REFUSED: ClassVar[frozenset[str]] = frozenset()
 
     redis_url: str = env_field(DEFAULT_REDIS_URL, "REDIS_URL")
+    # The name Sentinel knows the master by, when REDIS_URL lists Sentinels.
+    redis_sentinel_master: str = env_field(
+        DEFAULT_SENTINEL_MASTER, "SNACKVIDEO_REDIS_SENTINEL_MASTER", min_length=1
+    )
+    # The Sentinels' own password (their requirepass), when they have one. The master's
+    # user and password are the sentinel:// URL's user:password@, as kombu reads them.
+    redis_sentinel_password: SecretStr | None = env_field(
+        None, "SNACKVIDEO_REDIS_SENTINEL_PASSWORD"
+    )
+    # CA certificates (PEM) that rediss:// servers are verified against, for a private CA;
+    # unset: the system's trust store. Certificates are verified either way.
+    redis_ca_file: str | None = env_field(None, "SNACKVIDEO_REDIS_CA_FILE")
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -163,6 +186,13 @@ class EnvSettings(BaseSettings):
         for name, value in super().__repr_args__():
             yield name, without_password(value) if name == "redis_url" else value
 
+    @field_validator("redis_ca_file")
+    @classmethod
+    def _ca_file(cls, value: str | None) -> str | None:
+        if value is not None and not os.access(value, os.R_OK):
+            raise ValueError("must name a readable file of PEM CA certificates")
+        return value
+
     @field_serializer("redis_url", when_used="json")
     def _redis_url_shown(self, value: str) -> str:
         return without_password(value)
@@ -173,27 +203,40 @@ class EnvSettings(BaseSettings):
         *others, last = [f"{scheme}://" for scheme in cls.REDIS_SCHEMES]
         schemes = f"{', '.join(others)} or {last}" if others else last
         rule = f"must be a {schemes} URL"
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 (raises ValueError for a port that is not 0-65535)
-        except ValueError:
-            raise ValueError(f"{rule} with a readable host and port") from None
-        if parts.scheme not in cls.REDIS_SCHEMES:
-            raise ValueError(rule)
-        if parts.scheme == "unix":
-            if not parts.path:
-                raise ValueError(f"{rule}; unix:// needs the socket's path")
-        elif not parts.hostname:
-            raise ValueError(f"{rule} with a host")
-        elif not _REDIS_DB_PATH.match(parts.path):
-            raise ValueError(f"{rule}; its path, if any, is the database number (/0)")
-        refused = {name for name, _ in parse_qsl(parts.query)} & cls.REDIS_QUERY_REFUSED
-        if refused:
-            raise ValueError(
-                f"{rule} without {', '.join(sorted(refused))} in its query: give the user "
-                "and password as user:password@ before the host"
-            )
+        if value.partition("://")[0].lower() in CLUSTER_SCHEMES:
+            raise ValueError(CLUSTER_REFUSAL)
+        # kombu's Sentinel form: one sentinel:// URL per Sentinel, joined by ";".
+        urls = value.split(";") if value.startswith("sentinel://") else [value]
+        for url in urls:
+            _check_redis_url(url, rule, cls.REDIS_SCHEMES, cls.REDIS_QUERY_REFUSED)
+            if len(urls) > 1 and not url.startswith("sentinel://"):
+                raise ValueError(f"{rule}; each part of a Sentinel list is a sentinel:// URL")
         return value
+
+
+def _check_redis_url(
+    url: str, rule: str, schemes: tuple[str, ...], query_refused: frozenset[str]
+) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not 0-65535)
+    except ValueError:
+        raise ValueError(f"{rule} with a readable host and port") from None
+    if parts.scheme not in schemes:
+        raise ValueError(rule)
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"{rule}; unix:// needs the socket's path")
+    elif not parts.hostname:
+        raise ValueError(f"{rule} with a host")
+    elif not _REDIS_DB_PATH.match(parts.path):
+        raise ValueError(f"{rule}; its path, if any, is the database number (/0)")
+    refused = {name for name, _ in parse_qsl(parts.query)} & query_refused
+    if refused:
+        raise ValueError(
+            f"{rule} without {', '.join(sorted(refused))} in its query: give the user "
+            "and password as user:password@ before the host"
+        )
 
 
 @contextmanager
@@ -229,6 +272,10 @@ class ProducerSettings(EnvSettings):
     max_payload_bytes: int = env_field(
         DEFAULT_MAX_PAYLOAD_BYTES, "SNACKVIDEO_MAX_PAYLOAD_BYTES", ge=1024, le=64 * 1024 * 1024
     )
+    # Replicas that must hold a job (WAIT) before enqueue returns it. 0: the master's
+    # reply is the acknowledgement, and a failover may lose the last jobs acknowledged.
+    # At most 100: more replicas than any deployment runs is a typo.
+    enqueue_min_replicas: int = env_field(0, "SNACKVIDEO_ENQUEUE_MIN_REPLICAS", ge=0, le=100)
 
 
 # -- one line per refusal ----------------------------------------------------------------

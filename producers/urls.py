@@ -19,8 +19,11 @@ def without_password(url: str, mask: str = MASK) -> str:
     """``url`` with its password (userinfo or ``?password=``) replaced by ``mask``.
 
     Never raises: a URL too broken to take apart is shown as its scheme alone, since any
-    part of it could be the password.
+    part of it could be the password. A Sentinel list (``sentinel://…;sentinel://…``) is
+    masked URL by URL.
     """
+    if ";" in url and url.startswith("sentinel://"):
+        return ";".join(without_password(part, mask) for part in url.split(";"))
     try:
         parts = urlsplit(url)
         netloc = parts.netloc

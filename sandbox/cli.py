@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
-from sandbox.ratelimit import RESET_STYLES, parse_rate_limit
+from sandbox.ratelimit import RESET_STYLES, WINDOW_ALIGNMENTS, parse_rate_limit
 from sandbox.server import make_server
 from sandbox.state import DEFAULT_STORES, SandboxConfig
 
@@ -53,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow N requests per S-second fixed window (default: unlimited)",
     )  # fmt: skip
     parser.add_argument("--reset-style", choices=RESET_STYLES, default="seconds")
+    parser.add_argument(
+        "--window-alignment", choices=WINDOW_ALIGNMENTS, default="first-request",
+        help="a window opens at the first request after the last one, or on the clock",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-rate-limit-headers", action="store_true",
+        help="enforce --rate-limit but write no X-Ratelimit-* header (a hidden limit)",
+    )  # fmt: skip
     parser.add_argument("--stores", metavar="FILE", help='JSON object {"store_id": "key"}')
     parser.add_argument(
         "--store", type=_store_pair, action="append", default=[], metavar="STORE=KEY",
@@ -120,6 +128,8 @@ def parse_args(
             rate_limit=limit,
             rate_window_seconds=window,
             reset_style=args.reset_style,
+            window_alignment=args.window_alignment,
+            rate_limit_headers=not args.no_rate_limit_headers,
             fail_first=args.fail_first,
             always_fail=args.always_fail,
             fail_status=args.fail_status,

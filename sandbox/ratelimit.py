@@ -1,9 +1,14 @@
 """Fixed-window rate limiting and the ``X-Ratelimit-*`` / ``Retry-After`` headers it renders.
 
 The limiter is global to one sandbox process (the real endpoint limits per client IP; every
-worker of a local run shares one IP anyway). A window opens at the first request after the
-previous one expired, like the usual ``INCR`` + ``EXPIRE`` fixed window, and every request
-to the endpoint counts, including the ones it refuses.
+worker of a local run shares one IP anyway). Every request to the endpoint counts,
+including the ones it refuses. Where a window starts (``WINDOW_ALIGNMENTS``):
+
+    first-request  at the first request after the previous window expired, like the usual
+                   ``INCR`` + ``EXPIRE`` fixed window: the client's own traffic sets the phase
+    clock          on multiples of the window length on the server's clock (a key per
+                   ``floor(now / window)``): the phase is the server's, a client can only
+                   learn it by watching ``Remaining`` jump back up
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ import re
 from collections import deque
 from dataclasses import dataclass
 
+#: How X-Ratelimit-Reset is written: whole seconds until the reset (rounded up, at least 1:
+#: the IETF RateLimit draft's delta-seconds), epoch seconds (rounded up), epoch milliseconds.
 RESET_STYLES = ("seconds", "epoch", "epoch-ms")
+WINDOW_ALIGNMENTS = ("first-request", "clock")
 
 _SPEC = re.compile(r"^\s*(\d+)\s*(?:/\s*(\d+(?:\.\d+)?)\s*)?$")
 
@@ -46,9 +54,16 @@ class FixedWindowLimiter:
     path takes one lock instead of two.
     """
 
-    def __init__(self, limit: int | None, window_seconds: float, history: int = 300) -> None:
+    def __init__(
+        self,
+        limit: int | None,
+        window_seconds: float,
+        history: int = 300,
+        alignment: str = "first-request",
+    ) -> None:
         self.limit = limit
         self.window_seconds = window_seconds
+        self.alignment = alignment
         self.peak = 0
         self._start = -math.inf
         self._count = 0
@@ -62,7 +77,7 @@ class FixedWindowLimiter:
         if now >= self._start + self.window_seconds:
             if self._count:
                 self._history.append((self._start, self._count))
-            self._start = now
+            self._start = self._window_start(now)
             self._count = 0
         self._count += 1
         if self._count > self.peak:
@@ -77,11 +92,19 @@ class FixedWindowLimiter:
             now=now,
         )
 
-    def configure(self, limit: int | None, window_seconds: float) -> None:
+    def configure(
+        self, limit: int | None, window_seconds: float, alignment: str = "first-request"
+    ) -> None:
         """Switch limits; the next request opens a fresh window, the peak is kept."""
         self.limit = limit
         self.window_seconds = window_seconds
+        self.alignment = alignment
         self._close_window()
+
+    def _window_start(self, now: float) -> float:
+        if self.alignment == "clock":
+            return math.floor(now / self.window_seconds) * self.window_seconds
+        return now
 
     def reset(self) -> None:
         self._start = -math.inf

@@ -103,7 +103,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
         config = state.config  # one snapshot per request; updates swap the whole object
         now, decision = state.hit()
         headers: Headers = []
-        if decision is not None:
+        if decision is not None and config.rate_limit_headers:
             announced = state.announced_limit(config)
             headers = render_headers(decision, config.reset_style, announced)
         if decision is not None and not decision.allowed:

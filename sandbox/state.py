@@ -17,7 +17,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from sandbox.ratelimit import RESET_STYLES, Decision, FixedWindowLimiter, parse_rate_limit
+from sandbox.ratelimit import (
+    RESET_STYLES,
+    WINDOW_ALIGNMENTS,
+    Decision,
+    FixedWindowLimiter,
+    parse_rate_limit,
+)
 
 DEFAULT_STORES: dict[str, str] = {"demo_store": "pk_demo_sandbox_key"}
 
@@ -41,6 +47,10 @@ class SandboxConfig:
     rate_limit: int | None = None  # requests per window; None = unlimited, no headers
     rate_window_seconds: float = 1.0
     reset_style: str = "seconds"  # how X-Ratelimit-Reset is written: see RESET_STYLES
+    window_alignment: str = "first-request"  # where a window starts: see WINDOW_ALIGNMENTS
+    # False: the limit still refuses (429 + Retry-After) but no X-Ratelimit-* header is
+    # written, as behind a proxy that strips them: the client must find the rate itself.
+    rate_limit_headers: bool = True
     fail_first: int = 0  # first N attempts of each click_id get fail_status
     always_fail: list[str] = field(default_factory=list)  # click_id prefixes that always fail
     fail_status: int = 503
@@ -93,6 +103,10 @@ def _config_problems(config: SandboxConfig) -> dict[str, str]:
         problems["rate_window_seconds"] = "must be a number > 0"
     if config.reset_style not in RESET_STYLES:
         problems["reset_style"] = f"must be one of {', '.join(RESET_STYLES)}"
+    if config.window_alignment not in WINDOW_ALIGNMENTS:
+        problems["window_alignment"] = f"must be one of {', '.join(WINDOW_ALIGNMENTS)}"
+    if type(config.rate_limit_headers) is not bool:
+        problems["rate_limit_headers"] = "must be true or false"
     if type(config.fail_first) is not int or config.fail_first < 0:
         problems["fail_first"] = "must be an integer >= 0"
     if not isinstance(config.always_fail, list) or not all(
@@ -165,7 +179,9 @@ class SandboxState:
         self.clock = clock
         self._lock = threading.Lock()
         self._config = config.copy()
-        self._limiter = FixedWindowLimiter(config.rate_limit, config.rate_window_seconds)
+        self._limiter = FixedWindowLimiter(
+            config.rate_limit, config.rate_window_seconds, alignment=config.window_alignment
+        )
         self._accepted: list[Accepted] = []
         self._requests = 0
         self._by_status: Counter[int] = Counter()
@@ -250,5 +266,7 @@ class SandboxState:
             self._config = config
             if isinstance(patch, dict) and patch.keys() & _ANNOUNCE_FIELDS:
                 self._announced = 0  # "the first N answers" count from now
-            self._limiter.configure(config.rate_limit, config.rate_window_seconds)
+            self._limiter.configure(
+                config.rate_limit, config.rate_window_seconds, config.window_alignment
+            )
             return config

@@ -9,10 +9,13 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import redis
 
+from producers.connections import is_sentinel_url, redis_client
+from producers.settings import ProducerSettings
 from producers.urls import without_password
 from scripts.process_tree import stop_with
 from scripts.redis_binary import redis_server_binary
@@ -26,8 +29,14 @@ def export_line(url: str) -> str:
     return f"export REDIS_URL={shlex.quote(without_password(url, mask='<password>'))}"
 
 
+def _client(url: str, **options: Any) -> redis.Redis:
+    # Through the factory every component uses: REDIS_URL may list Sentinels, and the
+    # Sentinel password or a CA file come from the environment.
+    return redis_client(ProducerSettings.from_env({**os.environ, "REDIS_URL": url}), **options)
+
+
 def redis_answers(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2)
+    client = _client(url, socket_connect_timeout=0.5, socket_timeout=2)
     try:
         return bool(client.ping())
     except redis.RedisError:
@@ -38,9 +47,7 @@ def redis_answers(url: str) -> bool:
 
 def describe_reused_redis(url: str) -> list[str]:
     """What devstack says about a Redis it did not start: its durability settings."""
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=1, socket_timeout=5, decode_responses=True
-    )
+    client = _client(url, socket_connect_timeout=1, socket_timeout=5, decode_responses=True)
     try:
         settings = {**client.config_get("appendonly"), **client.config_get("maxmemory-policy")}
     except redis.ResponseError as exc:  # an ACL without CONFIG, a renamed command
@@ -97,6 +104,11 @@ def start_embedded_redis(
     url: str, state_dir: Path, env: dict[str, str], stop_requested: Callable[[], bool]
 ) -> subprocess.Popen[bytes]:
     """A redis-server on the URL's port, answering (or not yet, if a stop was asked for)."""
+    if is_sentinel_url(url):
+        raise RedisStartError(
+            "REDIS_URL lists Sentinels, and no master they name answers; make run starts "
+            "an embedded Redis only for a redis:// URL"
+        )
     parsed = urlparse(url)
     if parsed.hostname not in ("127.0.0.1", "localhost"):
         raise RedisStartError(

@@ -22,7 +22,9 @@ import redis
 # Re-exported (``as``): the fault tests import them from here.
 from harness.events import event as event
 from harness.waiting import SETTLE_SECONDS as SETTLE_SECONDS
+from producers.connections import redis_client
 from producers.enqueue import Producer
+from producers.settings import ProducerSettings
 from tests.conftest import STORE, Sandbox, wait_until
 from worker.deadletter.store import DeadLetterStore
 from worker.keys import UNACKED
@@ -68,6 +70,8 @@ class Ledger:
     redis_url: str
     sandbox: Sandbox
     offered: dict[str, str] = field(default_factory=dict)  # job_id -> click_id
+    #: More connection variables (a Sentinel password) for the ledger's own reads.
+    redis_env: dict[str, str] = field(default_factory=dict)
 
     def offer(self, prefix: str, count: int, producer: Producer | None = None) -> list[str]:
         """Enqueue ``count`` jobs in one batch; returns their ids."""
@@ -83,7 +87,9 @@ class Ledger:
         return Counter(e["click_id"] for e in self.sandbox.events() if e["click_id"] in ours)
 
     def dead_lettered(self) -> set[str]:
-        client = redis.Redis.from_url(self.redis_url)
+        # The factory every component uses: redis_url may be a Sentinel list.
+        environ = {**self.redis_env, "REDIS_URL": self.redis_url}
+        client = redis_client(ProducerSettings.from_env(environ))
         try:
             return {entry.job_id for entry in DeadLetterStore(client).iter_entries()}
         finally:

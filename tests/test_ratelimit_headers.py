@@ -31,8 +31,18 @@ def test_full_set_of_headers() -> None:
         NOW,
     )
     assert parsed == RateLimitHeaders(
-        limit=25, remaining=7, reset_in_seconds=1.0, reset_resolution_seconds=WHOLE_SECOND
+        limit=25, remaining=7, reset_in_seconds=1.0, reset_resolution_seconds=WHOLE_SECOND,
+        reset_relative=True,
     )
+
+
+def test_only_a_delta_seconds_reset_is_relative() -> None:
+    """Delta seconds say when a window ends, never when it began (the throttle learns the
+    phase from the rollover instead); an epoch reset, however written, is not relative."""
+    epoch, epoch_ms = str(int(NOW) + 1), str(int(NOW * 1000) + 5)
+    for value, relative in [("1", True), (epoch, False), (epoch_ms, False), ("junk", False)]:
+        parsed = parse_rate_limit_headers({"x-ratelimit-reset": value}, NOW)
+        assert parsed.reset_relative is relative, value
 
 
 def test_header_names_are_case_insensitive() -> None:

@@ -312,6 +312,44 @@ def test_no_rate_limit_means_no_headers(sandbox: Sandbox) -> None:
     assert not [h for h in response.headers if h.lower().startswith("x-ratelimit")]
 
 
+def test_hidden_limit_refuses_without_rate_limit_headers(
+    start_sandbox: Callable[..., Sandbox],
+) -> None:
+    """A proxy that strips X-Ratelimit-*: the limit still holds, only Retry-After tells."""
+    sandbox = start_sandbox(rate_limit=2, rate_window_seconds=60, rate_limit_headers=False)
+
+    responses = [sandbox.post(VALID) for _ in range(3)]
+
+    assert [r.status_code for r in responses] == [204, 204, 429]
+    for response in responses:
+        assert not [h for h in response.headers if h.lower().startswith("x-ratelimit")]
+    assert 1 <= int(responses[2].headers["Retry-After"]) <= 60
+
+
+def test_clock_aligned_windows_start_on_multiples_of_the_window() -> None:
+    limiter = FixedWindowLimiter(limit=2, window_seconds=10, alignment="clock")
+
+    first = limiter.hit(1004.0)  # the window began at 1000, not at this request
+    second = limiter.hit(1009.9)
+    third = limiter.hit(1010.1)  # the next multiple: a fresh window
+
+    assert first is not None and first.reset_at == 1010.0
+    assert second is not None and second.remaining == 0
+    assert third is not None and third.allowed and third.remaining == 1
+    assert third.reset_at == 1020.0
+    assert [w["start"] for w in limiter.windows()] == [1000.0, 1010.0]
+
+
+def test_window_alignment_and_hidden_headers_are_validated() -> None:
+    with pytest.raises(ValueError, match="window_alignment"):
+        SandboxConfig(window_alignment="sometimes")
+    with pytest.raises(ValueError, match="rate_limit_headers"):
+        SandboxConfig(rate_limit_headers="no")  # type: ignore[arg-type]
+    options = parse_args(["--window-alignment", "clock", "--no-rate-limit-headers"], env={})
+    assert options.config.window_alignment == "clock"
+    assert options.config.rate_limit_headers is False
+
+
 def test_limiter_windows_and_header_styles() -> None:
     limiter = FixedWindowLimiter(limit=2, window_seconds=10)
 

@@ -68,7 +68,7 @@ def test_the_producer_settings_have_their_defaults() -> None:
         ("SNACKVIDEO_IDEMPOTENCY_TTL_SECONDS", "-1", "must be an integer from 1 to 31536000"),
         ("SNACKVIDEO_IDEMPOTENCY_TTL_SECONDS", "1.5", "must be an integer from 1 to 31536000"),
         ("SNACKVIDEO_MAX_PAYLOAD_BYTES", "10", "must be an integer from 1024 to 67108864"),
-        ("REDIS_URL", "http://127.0.0.1:6379", "must be a redis://, rediss:// or unix:// URL"),
+        ("REDIS_URL", "http://127.0.0.1:6379", "must be a redis://, rediss://, unix:// or sentinel://"),
         ("REDIS_URL", "redis://h:99999/0", "with a readable host and port"),
         ("REDIS_URL", "redis:///0", "with a host"),
         ("REDIS_URL", "redis://h/zero", "its path, if any, is the database number"),
@@ -105,7 +105,7 @@ def test_the_producer_refuses_its_own_variables_and_no_other(
             {"idempotency_ttl_seconds": -5},
             "idempotency_ttl_seconds: must be an integer from 1 to 31536000",
         ),
-        ({"redis_url": ""}, "redis_url: must be a redis://, rediss:// or unix:// URL"),
+        ({"redis_url": ""}, "redis_url: must be a redis://, rediss://, unix:// or sentinel:// URL"),
     ],
 )
 def test_explicit_producer_arguments_pass_the_same_rules(
@@ -324,7 +324,7 @@ def test_a_base_url_with_credentials_or_a_query_is_refused(url: str, rule: str) 
 
 
 def test_the_worker_takes_only_urls_its_broker_understands() -> None:
-    assert "REDIS_URL: must be a redis:// or rediss:// URL" in refusal(
+    assert "REDIS_URL: must be a redis://, rediss:// or sentinel:// URL" in refusal(
         {"REDIS_URL": "unix:///run/redis.sock"}
     )
     assert ProducerSettings.from_env({"REDIS_URL": "unix:///run/redis.sock"})
@@ -334,9 +334,8 @@ def test_the_worker_refuses_a_redis_password_in_the_query() -> None:
     # kombu cannot read it there: every process died in a TypeError traceback.
     url = f"redis://127.0.0.1:6379/0?password={PASSWORD}"
     message = refusal({"REDIS_URL": url})
-    assert "REDIS_URL: must be a redis:// or rediss:// URL without password in its query" in (
-        message
-    )
+    rule = "must be a redis://, rediss:// or sentinel:// URL without password in its query"
+    assert f"REDIS_URL: {rule}" in message
     assert PASSWORD not in message
     assert ProducerSettings.from_env({"REDIS_URL": url}).redis_url == url  # redis-py reads it
 

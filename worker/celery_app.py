@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 from kombu.entity import Exchange, Queue
 
 from producers.errors import ConfigurationError
@@ -25,9 +25,10 @@ from worker.celery_ext import (
     json_logs,  # also connects its logging signal handlers
     quiet_task_logs,  # noqa: F401 (connects its logging signal handlers)
 )
+from worker.celery_ext.broker import broker_use_ssl, sentinel_transport_options
 from worker.celery_ext.transport import register_transport
 from worker.clock_skew import ClockSkewWatch, start_watch
-from worker.connections import redis_client, redis_clock
+from worker.connections import redis_client, redis_clock, refuse_cluster_mode
 from worker.delayed.mover import DueJobMover
 from worker.delayed.store import DelayedJobs
 from worker.keys import CONTROL_QUEUE, REDRIVE_TASK
@@ -131,7 +132,10 @@ app.conf.update(
         "socket_timeout": 10,
         "socket_connect_timeout": 5,
         "health_check_interval": 10,
+        # sentinel://: the master's name, and the Sentinels' timeouts and password.
+        **sentinel_transport_options(settings),
     },
+    broker_use_ssl=broker_use_ssl(settings),
     # Celery's hooks for unknown / invalid messages dead-letter them (worker.celery_ext.poison).
     worker_consumer="worker.celery_ext.poison:PoisonAwareConsumer",
     worker_hijack_root_logger=True,
@@ -178,3 +182,11 @@ app.steps["worker"].add(ClockSkewStep)
 # worker_init (multiprocess files, before the pool forks) and worker_process_shutdown
 # handlers.
 app.steps["worker"].add(MetricsServerStep)
+
+
+@signals.worker_init.connect
+@signals.beat_init.connect
+def _refuse_cluster(**_: Any) -> None:
+    # A cluster URL is refused with the settings; a cluster node behind a plain URL is
+    # seen only once connected. Refused before anything is consumed or scheduled.
+    refuse_cluster_mode()

@@ -47,6 +47,17 @@
         window_started_at         when the tracked window began for us (older answers are stale)
         window_opened_at          acquire time of the request that opened this window
         provisional               1 after an optimistic refill, until the window's first answer
+        rollover_after, sent_max  the tracked window began after rollover_after (a send time
+                                  the window before answered for); sent_max: the same for the
+                                  tracked window, the bound of the next rollover
+        count_seen, count_seen_at lowest Remaining of the window and when its answer came back:
+                                  a request sent later that reports no less is a new window
+        foreign_phase             1 after a 429: the server's windows are not assumed to start
+                                  at our requests any more
+        adaptive_rate             requests/s without rate-limit headers (AIMD, record.lua);
+        adaptive_ceiling          the rate the last 429 came at (unset: none yet, or passed);
+        adaptive_cut_at           when it was cut; adaptive_seen_at, adaptive_seen,
+        adaptive_observed         answers counted per second (a cut starts from that rate)
         blocked_until             no request before this (429: Retry-After, else the reset)
         next_slot_at              earliest next request: the budget is spread over the window
         updated_at, taken, rate_limited    last answer; slots taken; 429s seen (counters)

@@ -82,9 +82,9 @@ WEEK = 7 * DAY
 
 
 class Settings(ProducerSettings):
-    # kombu's broker transport takes redis:// and rediss:// (worker.celery_ext.transport),
-    # not unix://.
-    REDIS_SCHEMES: ClassVar[tuple[str, ...]] = ("redis", "rediss")
+    # kombu's broker transport takes redis://, rediss:// and its sentinel:// list
+    # (worker.celery_ext.transport), not unix://.
+    REDIS_SCHEMES: ClassVar[tuple[str, ...]] = ("redis", "rediss", "sentinel")
     # kombu's URL parser passes the query as keywords beside the ones it reads from the
     # URL itself: ?password=... made every process die in a TypeError traceback.
     REDIS_QUERY_REFUSED: ClassVar[frozenset[str]] = frozenset(
@@ -122,6 +122,16 @@ class Settings(ProducerSettings):
     default_rate_per_second: float = env_field(
         10.0, "SNACKVIDEO_DEFAULT_RATE", ge=0.001, le=1_000_000
     )
+    # The adaptive rate, for a scope whose answers carry no X-Ratelimit-* header
+    # (docs/throttle.md): it starts at the default rate and never rises above the max;
+    # near the rate of its last 429 it rises by `step` per second; a 429 or Retry-After
+    # multiplies it by `factor`. A factor of 1 would never back off, one near 0 drops
+    # to a crawl on the first 429.
+    adaptive_max_rate: float = env_field(
+        1000.0, "SNACKVIDEO_ADAPTIVE_RATE_MAX", ge=0.001, le=1_000_000
+    )
+    adaptive_step: float = env_field(2.0, "SNACKVIDEO_ADAPTIVE_RATE_STEP", ge=0.01, le=10_000)
+    adaptive_factor: float = env_field(0.5, "SNACKVIDEO_ADAPTIVE_RATE_FACTOR", ge=0.05, le=0.95)
     # Beat's redrive schedule. At least a second: a run reads up to a batch of entries,
     # and runs closer than that pile up. At most a week: slower, and a redriveable dead
     # letter waits past the default max age, so its replay only expires it.

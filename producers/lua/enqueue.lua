@@ -18,6 +18,9 @@ local OWN_IDS = '='  -- stored instead of the list when every item got its own j
 
 local done = redis.call('GET', KEYS[3])
 if done then
+  -- A write, so that a WAIT after this run covers the run that did the work: replication
+  -- is in order, and a replica that has this write has every earlier one.
+  redis.call('EXPIRE', KEYS[3], call_ttl)
   if done ~= OWN_IDS then return cjson.decode(done) end
   local own = {}
   for i = 0, count - 1 do own[#own + 1] = ARGV[FIRST + 1 + i * 3] end

@@ -26,8 +26,10 @@ time``); here both use the Redis server's clock (``worker.clock``), so a host wh
 runs ahead cannot restore jobs other workers are still running.
 
 ``register_transport()`` points the ``redis://`` and ``rediss://`` aliases at this
-transport, so broker URLs, Celery's banner and Flower's broker page still say
-``redis://``. Setting ``broker_transport`` to a class path would change all three.
+transport, and ``sentinel://`` at its Sentinel variant (kombu's ``SentinelChannel``, which
+asks the Sentinels for the master's address on each new connection, with every guard
+here), so broker URLs, Celery's banner and Flower's broker page still say ``redis://`` or
+``sentinel://``. Setting ``broker_transport`` to a class path would change all three.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from worker.keys import TAKEN_BY, UNACKED, UNACKED_INDEX, UNACKED_MUTEX, consume
 log = logging.getLogger("snackvideo.transport")
 
 TRANSPORT_PATH = "worker.celery_ext.transport:SafeTransport"
+SENTINEL_TRANSPORT_PATH = "worker.celery_ext.transport:SafeSentinelTransport"
 #: How much of a popped message that could not be returned the CRITICAL line shows.
 LOST_MESSAGE_LOG_CHARS = 500
 
@@ -449,6 +452,22 @@ class SafeTransport(kombu_redis.Transport):
     Channel = SafeChannel
 
 
+class SafeSentinelChannel(SafeChannel, kombu_redis.SentinelChannel):
+    """``SafeChannel`` on a pool that follows the master Sentinel names. After a failover
+    the old connections fail, Celery reconnects, and the new pool asks the Sentinels."""
+
+    from_transport_options = SafeChannel.from_transport_options + (  # type: ignore[assignment]
+        "master_name",
+        "min_other_sentinels",
+        "sentinel_kwargs",
+        "sentinel_fanout_compat",
+    )
+
+
+class SafeSentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SafeSentinelChannel
+
+
 def hold_unrecorded(channel: SafeChannel, queue: str, item: bytes, cause: Exception) -> None:
     """Keep a popped job that is in no Redis key, and try to give it back at once."""
     log.error(
@@ -479,11 +498,13 @@ def return_unrecorded(channel: SafeChannel) -> bool:
 
 
 def register_transport() -> None:
-    """Make ``redis://`` and ``rediss://`` broker URLs use ``SafeTransport``.
+    """Make ``redis://`` and ``rediss://`` broker URLs use ``SafeTransport``, and
+    ``sentinel://`` ones ``SafeSentinelTransport``.
 
     ``worker.celery_app`` calls this at import, before any connection resolves its transport.
     """
-    for scheme in ("redis", "rediss"):
-        kombu.transport.TRANSPORT_ALIASES[scheme] = TRANSPORT_PATH
+    paths = {"redis": TRANSPORT_PATH, "rediss": TRANSPORT_PATH, "sentinel": SENTINEL_TRANSPORT_PATH}
+    for scheme, path in paths.items():
+        kombu.transport.TRANSPORT_ALIASES[scheme] = path
         # kombu caches the alias -> class lookup; forget any earlier answer.
         kombu.transport._transport_cache.pop(scheme, None)

@@ -16,6 +16,7 @@ import redis
 
 from producers.errors import ConfigurationError
 from worker.cli import dlq, enqueue, status
+from worker.connections import refuse_cluster_mode
 from worker.settings import get_settings, refuse
 
 
@@ -41,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
+    if args.command in COMMANDS_READING_REDIS:
+        refuse_cluster_mode()
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:
@@ -55,11 +58,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+#: Commands that read Redis through the worker's client; ``enqueue`` goes through the
+#: producer, which names a cluster in its own error.
+COMMANDS_READING_REDIS = frozenset({"dlq", "status"})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="snackvideo", description="Queue-backed dispatcher for SnackVideo events."
     )
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     enqueue.add_parser(commands)
     commands.add_parser("sandbox", help="run the local Scalev stand-in (see: sandbox --help)")
     commands.add_parser("ingest", help="serve the HTTP ingest API (see: ingest --help)")

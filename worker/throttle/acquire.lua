@@ -57,9 +57,10 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local in_flight = redis.call('ZCARD', KEYS[2])
 
 local raw = redis.call('HMGET', KEYS[1], 'limit', 'remaining', 'reset_at', 'window_s',
-  'blocked_until', 'next_slot_at')
+  'blocked_until', 'next_slot_at', 'adaptive_rate')
 local limit, remaining, reset_at = tonumber(raw[1]), tonumber(raw[2]), tonumber(raw[3])
 local window_s, blocked_until, next_slot_at = tonumber(raw[4]), tonumber(raw[5]), tonumber(raw[6])
+local adaptive_rate = tonumber(raw[7])
 
 if blocked_until and now < blocked_until then
   return wait(blocked_until - now)
@@ -99,7 +100,8 @@ if remaining then
   -- Spread what is left over what is left of the window, instead of bursting it.
   interval = (reset_at - now) / effective
 else
-  interval = default_interval
+  -- No budget announced: the adaptive rate (record.lua), which starts at the default.
+  interval = adaptive_rate and (1 / adaptive_rate) or default_interval
 end
 
 -- A spread set on a longer window than the server has since announced (a provisional

@@ -15,11 +15,15 @@ on every host, kept in Redis and changed only by two Lua scripts.
 
 Spreading: the remaining budget is paced evenly over what is left of the window
 (``(reset_at - now) / (remaining - in_flight)``), so 16 processes do not spend a window in
-its first milliseconds and then all wait, and no two of them take the last unit. Before
-any header was seen, requests are paced at ``SNACKVIDEO_DEFAULT_RATE``. The pace never
+its first milliseconds and then all wait, and no two of them take the last unit. The pace never
 holds a request past the end of the tracked window, and every header-derived number is
 bounded (``headers``): no answer stops a scope for longer than the reset
 or Retry-After it announced plus one window.
+
+Without any rate-limit header the pace is an adaptive rate (AIMD, in record.lua): it starts
+at ``SNACKVIDEO_DEFAULT_RATE``, rises while answers come back without a 429, and is cut by
+``SNACKVIDEO_ADAPTIVE_RATE_FACTOR`` on a 429 or a ``Retry-After``. Headers, when present,
+rule.
 
 Clock: the scripts read Redis ``TIME``; Python hands them only relative values (the
 header parser turns epoch resets into "seconds from now"), so workers on hosts with
@@ -75,6 +79,11 @@ FALLBACK_WINDOW_SECONDS = 1.0
 STATE_TTL_SECONDS = 86_400.0
 #: Spread wake-ups of processes told the same wait, so they do not all hit Redis at once.
 WAIT_JITTER_SECONDS = 0.002
+#: Adaptive rate defaults (no rate-limit header seen): a ceiling well above what one host
+#: delivers, +2/s per second near the rate of the last 429, halved on a 429.
+DEFAULT_ADAPTIVE_MAX_RATE = 1000.0
+DEFAULT_ADAPTIVE_STEP = 2.0
+DEFAULT_ADAPTIVE_FACTOR = 0.5
 #: Scopes the index keeps, the most recently answered: what `snackvideo status` shows and
 #: /metrics labels (``state``). One per base URL is a handful; one per store
 #: (SNACKVIDEO_THROTTLE_SCOPE=store) is as many as producers name, so the index keeps only
@@ -100,6 +109,9 @@ class Throttle:
         *,
         default_rate_per_second: float,
         enabled: bool = True,
+        adaptive_max_rate: float = DEFAULT_ADAPTIVE_MAX_RATE,
+        adaptive_step: float = DEFAULT_ADAPTIVE_STEP,
+        adaptive_factor: float = DEFAULT_ADAPTIVE_FACTOR,
         in_flight_lease_seconds: float = DEFAULT_IN_FLIGHT_LEASE_SECONDS,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -107,6 +119,10 @@ class Throttle:
         self.client = client
         self.default_rate_per_second = default_rate_per_second
         self.enabled = enabled
+        # Never below the starting rate: the ceiling caps how far the rate rises.
+        self.adaptive_max_rate = max(adaptive_max_rate, default_rate_per_second)
+        self.adaptive_step = adaptive_step
+        self.adaptive_factor = adaptive_factor
         self.in_flight_lease_seconds = in_flight_lease_seconds
         self.clock = clock
         self.rng = rng or random.Random()
@@ -123,6 +139,9 @@ class Throttle:
             client,
             default_rate_per_second=settings.default_rate_per_second,
             enabled=settings.throttle_enabled,
+            adaptive_max_rate=settings.adaptive_max_rate,
+            adaptive_step=settings.adaptive_step,
+            adaptive_factor=settings.adaptive_factor,
             # A request never outlives its timeouts; the margin covers a slow record call.
             in_flight_lease_seconds=settings.http_connect_timeout_seconds
             + settings.http_read_timeout_seconds
@@ -238,6 +257,12 @@ class Throttle:
                 scope,
                 delivered.delivered_ttl_seconds if delivered is not None else "",
                 TRACKED_SCOPES_MAX,
+                _arg(status_code),
+                self.default_rate_per_second,
+                self.adaptive_max_rate,
+                self.adaptive_step,
+                self.adaptive_factor,
+                "1" if parsed.reset_relative else "0",
             ],
         )
 

@@ -77,19 +77,25 @@ class RateLimitHeaders:
     #: how coarse ``reset_in_seconds`` is: 1.0 for whole seconds, 0.001 for milliseconds
     reset_resolution_seconds: float = WHOLE_SECOND
     retry_after_seconds: float | None = None
+    #: ``reset_in_seconds`` was sent as seconds until the reset (the IETF draft's
+    #: delta-seconds), not as an epoch: it says when the window ends, never when it began.
+    reset_relative: bool = False
 
 
 def parse_rate_limit_headers(headers: Mapping[str, str], now: float) -> RateLimitHeaders:
     """Read the rate-limit headers of one response; ``now`` is our epoch clock."""
     lowered = {str(name).lower(): value for name, value in headers.items()}
     server_now = _server_now(lowered.get(DATE_HEADER), now)
-    reset_in, resolution = parse_reset(lowered.get(RESET_HEADER), server_now)
+    raw_reset = lowered.get(RESET_HEADER)
+    reset_in, resolution = parse_reset(raw_reset, server_now)
+    number = _number(raw_reset)
     return RateLimitHeaders(
         limit=_count(lowered.get(LIMIT_HEADER)),
         remaining=_count(lowered.get(REMAINING_HEADER)),
         reset_in_seconds=reset_in,
         reset_resolution_seconds=resolution,
         retry_after_seconds=parse_retry_after(lowered.get(RETRY_AFTER_HEADER), server_now),
+        reset_relative=reset_in is not None and number is not None and number < EPOCH_SECONDS_FROM,
     )
 
 

@@ -1,4 +1,4 @@
--- keys=[state, in_flight, scopes, delivered?] args=[now, token, acquired_at, rate_limited, limit, remaining, reset_in, reset_resolution, retry_after, fallback_window_seconds, ttl_seconds, scope, delivered_ttl_seconds | "", scopes_max]
+-- keys=[state, in_flight, scopes, delivered?] args=[now, token, acquired_at, rate_limited, limit, remaining, reset_in, reset_resolution, retry_after, fallback_window_seconds, ttl_seconds, scope, delivered_ttl_seconds | "", scopes_max, status | "", default_rate, adaptive_max_rate, adaptive_step, adaptive_factor, reset_relative]
 -- Releases a slot taken by acquire.lua and learns from the response's headers.
 -- After a 2xx the dispatcher also passes the job's delivered-marker key (`delivered`) and
 -- its TTL: the marker is set in this same call, so a delivery's bookkeeping after the
@@ -37,6 +37,20 @@ local function num(field) return tonumber(s[field]) end
 local limit, remaining, reset_at = num('limit'), num('remaining'), num('reset_at')
 local window_s, window_bound = num('window_s'), num('window_bound')
 local started, opened = num('window_started_at') or 0, num('window_opened_at')
+-- The rollover, bounded: `rollover_after` is a send time the tracked window began after
+-- (the latest request the window before answered for); `sent_max` is that for the
+-- tracked window itself, the bound of the next rollover.
+local rollover_after, sent_max = num('rollover_after'), num('sent_max')
+-- The lowest count an answer gave in the tracked window, and when that answer came back: a
+-- request sent after it reached the server after it, so within the same window it must
+-- report a lower count. One that does not is from a later window, however few requests
+-- race (with one request in flight, "one more than the lowest" is otherwise ambiguous).
+local count_seen, count_seen_at = num('count_seen'), num('count_seen_at')
+-- Set by a 429 (below): the server's windows do not start at our first request (they run
+-- on its clock, or another client opens them), so what assumes they do is not believed.
+-- A reset sent as delta seconds says nothing of when the window began (rounded up, it
+-- is `1` all through a 1 s window), so neither: only the rollover teaches the phase then.
+local own_phase = s['foreign_phase'] ~= '1' and ARGV[20] ~= '1'
 local blocked_until = num('blocked_until')
 local provisional = s['provisional'] == '1'
 
@@ -58,18 +72,32 @@ if informative then
     new_window = true
   elseif h_remaining and h_remaining - remaining > in_flight_before then
     new_window = true
+  elseif h_remaining and count_seen and count_seen_at and acquired_at >= count_seen_at
+      and h_remaining >= count_seen then
+    new_window = true
   elseif reset_hint and not provisional and reset_hint > reset_at + resolution + 0.05 then
     new_window = true
   end
 end
 
+local remaining_before = remaining
 if new_window then
-  if tracked and opened and not provisional then
-    -- We saw the old window open (at `opened` or later) and now saw it over (by `now`):
-    -- on a server that starts a window at its first request, the window is no longer.
-    local bound = now - opened
-    if not window_bound or bound < window_bound then window_bound = bound end
+  if tracked and not provisional then
+    -- Remaining jumped back up: the window that ended began after `rollover_after` (a
+    -- request it answered for left then), and the one this answer is from began by `now`.
+    -- A window is no longer than that, whether the server starts one at the first request
+    -- after the last (INCR + EXPIRE) or on its own clock: the rollover is the server's phase.
+    -- On a server of the first kind, the window began no earlier than the request that
+    -- opened it (`opened`), a tighter bound.
+    local after = rollover_after
+    if own_phase and opened and (not after or opened > after) then after = opened end
+    if after then
+      local bound = now - after
+      if not window_bound or bound < window_bound then window_bound = bound end
+    end
   end
+  rollover_after = tracked and sent_max or nil
+  sent_max = nil
   remaining = h_remaining or (limit and math.max(limit - 1, 0))
   -- A provisional refill lasts window_s: never shorter than a fresh window has announced.
   if h_reset_in and (not window_s or h_reset_in > window_s) then window_s = h_reset_in end
@@ -97,6 +125,18 @@ elseif tracked then
   end
 end
 
+if h_remaining and (new_window or (tracked and acquired_at >= started
+    and (not count_seen or h_remaining < count_seen))) then
+  count_seen, count_seen_at = h_remaining, now
+end
+
+-- The latest send time the tracked window answered for: an answer whose count did not go
+-- up, or the first of a new window (its request left after the last rollover).
+if informative and (new_window or (tracked and acquired_at >= started and
+    (h_remaining == nil or remaining_before == nil or h_remaining <= remaining_before))) then
+  if not sent_max or acquired_at > sent_max then sent_max = acquired_at end
+end
+
 -- The answer to the request that opened the window (it left limit - 1). Its reset is the
 -- tightest the server gives; whole-second resets are rounded up, so the learned window
 -- bound may pull it earlier, by less than one rounding step.
@@ -104,12 +144,16 @@ if limit and h_remaining == limit - 1 and reset_hint and not opened
     and (new_window or acquired_at >= started) then
   opened = acquired_at
   window_s = h_reset_in
-  -- The window began no earlier than this request left and ends no later than the
-  -- announced reset: its length is at most the difference.
-  local bound = reset_hint - acquired_at
-  if not window_bound or bound < window_bound then window_bound = bound end
+  if own_phase then
+    -- The window began no earlier than this request left and ends no later than the
+    -- announced reset: its length is at most the difference.
+    local bound = reset_hint - acquired_at
+    if not window_bound or bound < window_bound then window_bound = bound end
+  end
   local tight = reset_hint
-  if window_bound then
+  -- A millisecond reset is precise already: a millisecond more is not worth a 429 (the
+  -- bound may be short when the server's windows are not ours).
+  if window_bound and resolution >= 1 then
     tight = math.max(reset_hint - resolution, math.min(reset_hint, now + window_bound))
   end
   reset_at = math.min(reset_at or tight, tight)
@@ -118,7 +162,9 @@ end
 local stale = (not new_window) and acquired_at < started
 if rate_limited then
   redis.call('HINCRBY', KEYS[1], 'rate_limited', 1)
-  window_bound = nil  -- our window model let a request through too early: relearn it
+  -- Our window model let a request through too early: relearn it, and from now on
+  -- without assuming that the server's windows start at our requests.
+  window_bound, rollover_after, own_phase = nil, nil, false
   if not stale then
     local block = retry_after or h_reset_in
     if not block and reset_at and reset_at > now then block = reset_at - now end
@@ -136,9 +182,13 @@ local fields = {
   window_started_at = fmt(started), window_opened_at = opened and fmt(opened),
   blocked_until = blocked_until and fmt(blocked_until),
   provisional = provisional and 1 or nil, updated_at = fmt(now),
+  rollover_after = rollover_after and fmt(rollover_after), sent_max = sent_max and fmt(sent_max),
+  foreign_phase = (s['foreign_phase'] == '1' or rate_limited) and 1 or nil,
+  count_seen = count_seen, count_seen_at = count_seen_at and fmt(count_seen_at),
 }
 local names = {'limit', 'remaining', 'reset_at', 'window_s', 'window_bound',
-  'window_started_at', 'window_opened_at', 'blocked_until', 'provisional', 'updated_at'}
+  'window_started_at', 'window_opened_at', 'blocked_until', 'provisional', 'updated_at',
+  'rollover_after', 'sent_max', 'foreign_phase', 'count_seen', 'count_seen_at'}
 for _, name in ipairs(names) do
   if fields[name] ~= nil then
     redis.call('HSET', KEYS[1], name, fields[name])
@@ -153,6 +203,51 @@ local next_slot_at = num('next_slot_at')
 if next_slot_at and reset_at and next_slot_at > reset_at then
   redis.call('HDEL', KEYS[1], 'next_slot_at')
 end
+
+-- The adaptive rate (AIMD), for a scope whose answers never announced a budget: start at
+-- the default rate; every answer without a 429 raises it (fast while below 0.85 x the rate
+-- of the last cut: +1/s per answer, which doubles a rate the pace holds back about every
+-- 0.7 s; near that rate by `step` per second, additively); a 429 or a Retry-After cuts it
+-- by `factor`, once per round (answers to requests sent before the cut do not cut again).
+-- It never exceeds 4 x the rate answers were seen at (a pace the workers cannot reach
+-- proves nothing) nor `max_rate`. Headers, when present, rule: none of this runs then.
+local status = tonumber(ARGV[15])
+local default_rate = tonumber(ARGV[16])
+if default_rate and not limit and not informative and (status or rate_limited) then
+  local max_rate, step, factor = tonumber(ARGV[17]), tonumber(ARGV[18]), tonumber(ARGV[19])
+  local rate = num('adaptive_rate') or default_rate
+  local ceiling, cut_at = num('adaptive_ceiling'), num('adaptive_cut_at') or 0
+  local seen_at, seen, observed = num('adaptive_seen_at'), num('adaptive_seen') or 0,
+    num('adaptive_observed')
+  -- Answers per second, over spans of at least a second.
+  if not seen_at then
+    seen_at, seen = now, 0
+  elseif now - seen_at >= 1 then
+    observed, seen_at, seen = seen / (now - seen_at), now, 0
+  end
+  seen = seen + 1
+  if acquired_at >= cut_at then
+    if rate_limited or retry_after then
+      ceiling = math.min(rate, observed or rate)
+      rate = math.max(ceiling * factor, math.min(default_rate, 1))
+      cut_at = now
+    elseif status < 500 then
+      if ceiling and rate > ceiling * 1.2 then ceiling = nil end  -- the limit moved up
+      if ceiling and rate >= ceiling * 0.85 then
+        rate = rate + step / rate
+      else
+        rate = rate + 1
+      end
+      rate = math.min(rate, max_rate, math.max(default_rate, 4 * (observed or rate)))
+    end
+  end
+  redis.call('HSET', KEYS[1], 'adaptive_rate', fmt(rate), 'adaptive_cut_at', fmt(cut_at),
+    'adaptive_seen_at', fmt(seen_at), 'adaptive_seen', seen)
+  if ceiling then redis.call('HSET', KEYS[1], 'adaptive_ceiling', fmt(ceiling))
+  else redis.call('HDEL', KEYS[1], 'adaptive_ceiling') end
+  if observed then redis.call('HSET', KEYS[1], 'adaptive_observed', fmt(observed)) end
+end
+
 redis.call('PEXPIRE', KEYS[1], ttl_ms)
 -- The scope index, by last answer: only the most recent scopes_max scopes whose state
 -- still lives. With one scope per store, producers choose the scopes; without the trim
