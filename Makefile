@@ -3,7 +3,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint run bench clean
+.PHONY: install test test-fast lint run bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -13,11 +13,23 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The suite mostly waits on the processes it starts (workers, Redis, the sandbox), so it
+# runs on more xdist workers than the machine has cores; PYTEST_WORKERS overrides.
+# loadgroup: the fault tests (xdist_group "faults", tests/conftest.py) run one at a time
+# on one xdist worker; every other test goes wherever a worker is free.
+PYTEST_WORKERS ?= 4
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadgroup
+
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_PARALLEL)
+
+# After each edit: the unit and in-process tests (the session's Redis and the sandbox only;
+# no celery worker, no CLI or make run as a process). make test runs them too.
+test-fast: $(STAMP)
+	$(BIN)/pytest $(PYTEST_PARALLEL) -m "not integration and not processes"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -35,13 +35,13 @@ from bench.common import (
     STORE_KEY,
     BenchError,
     RedisServer,
-    Sandbox,
     Section,
     Worker,
     cpu_seconds,
     env_int,
     events_url,
     payload,
+    start_sandbox,
     table,
     wait_for_accepted,
     worker_env,
@@ -80,8 +80,8 @@ class Stack:
     """The private Redis and the sandbox that every run of this module shares."""
 
     def __init__(self) -> None:
-        self.redis = RedisServer().start()
-        self.sandbox = Sandbox().start()
+        self.redis = RedisServer(appendonly=True).start()
+        self.sandbox = start_sandbox()
 
     def clean(self) -> None:
         self.redis.flush()
@@ -89,7 +89,7 @@ class Stack:
 
     def close(self) -> None:
         self.sandbox.stop()
-        self.redis.stop()
+        self.redis.remove()
 
 
 def fill_ours(redis_url: str, n: int, run: str) -> None:

@@ -136,7 +136,8 @@ def record(
         try:
             worker.start()
             # Skip the first events: each child builds its dispatcher and connections then.
-            wait_until(lambda: stack.sandbox.accepted() > 20 * concurrency, 60, "events to flow")
+            flowing = 20 * concurrency
+            wait_until(lambda: stack.sandbox.accepted() > flowing, 60, what="events to flow")
             done_before = stack.sandbox.accepted()
             for mode, flags in MODES.items():
                 out = out_dir / f"{mode}.raw"

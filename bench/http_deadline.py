@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import requests
 
-from bench.common import STORE, STORE_KEY, Sandbox, load_average, payload, table
+from bench.common import STORE, STORE_KEY, load_average, payload, start_sandbox, table
 from worker.delivery.scalev import API_KEY_HEADER, USER_AGENT, ScalevClient, classify, events_url
 
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    sandbox = Sandbox().start()
+    sandbox = start_sandbox()
     clients: dict[str, Callable[[str], tuple[Callable[[int], None], Callable[[], None]]]] = {
         "plain": plain_sender,
         "deadline+env": lambda url: deadline_sender(url, trust_env=True),

@@ -48,9 +48,9 @@ from bench.common import (
     payload,
     percentile,
     table,
-    terminate,
     wait_until,
 )
+from harness.proc import stop_process
 from producers.enqueue import Producer
 
 TOKEN_SECRET = "bench-ingest-secret-0f3a9c"
@@ -145,11 +145,11 @@ class IngestService:
             except requests.RequestException:
                 return False
 
-        wait_until(healthy, 30, "snackvideo ingest to answer")
+        wait_until(healthy, 30, what="snackvideo ingest to answer")
         return self
 
     def stop(self) -> None:
-        terminate(self.process)
+        stop_process(self.process)
 
 
 def encode_post(port: int, path: str, body: object) -> bytes:
@@ -310,7 +310,7 @@ def run(n: int = DEFAULT_N, workers: int = 2, rounds: int = 3) -> Section:
         "load generator; for the baseline, the backend calling `enqueue()`), from /proc: "
         "unlike events/s, hardly moved by other programs on the machine.",
     )
-    redis_server = RedisServer().start()
+    redis_server = RedisServer(appendonly=True).start()
     service = IngestService(redis_server.url, workers)
     try:
         service.start()
@@ -319,7 +319,7 @@ def run(n: int = DEFAULT_N, workers: int = 2, rounds: int = 3) -> Section:
         direct, singles, paced, batch = measure(redis_server.url, service.port, meter, n, rounds)
     finally:
         service.stop()
-        redis_server.stop()
+        redis_server.remove()
     headers = [
         "method", "events/s", "vs direct", "p50 ms", "p99 ms",
         "CPU ms/event: service", "Redis", "client", "all",

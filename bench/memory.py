@@ -30,20 +30,10 @@ from bench.common import (
     worker_env,
 )
 from bench.delivery import Stack, available_pools, fill_naive, fill_ours, run_timeout
+from harness.proc import pss_kib
 
 IDLE_SECONDS = 3.0
 SAMPLE_SECONDS = 0.2
-
-
-def pss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 @dataclass

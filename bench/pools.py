@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from bench.common import (
     STORE,
     RedisServer,
-    Sandbox,
     Worker,
     free_port,
     load_average,
     payload,
     rss_kib,
+    start_sandbox,
     table,
     wait_for_accepted,
     worker_env,
@@ -56,7 +56,7 @@ def run_one(
 ) -> tuple[float, float, float]:
     """(events/s, worker CPU seconds per 1000 events, worker RSS MiB) for one configuration."""
     redis.flush()
-    sandbox = Sandbox("--latency-ms", str(latency_ms)).start()
+    sandbox = start_sandbox("--latency-ms", str(latency_ms))
     producer = Producer(redis.url)
     tag = f"{config.pool}{config.concurrency}-{latency_ms:g}-{time.time_ns()}"
     for start in range(0, n, FILL_BATCH):
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = [Config.parse(c) for c in args.configs.split(",")]
     latencies = [float(x) for x in args.latency.split(",")]
     print(f"{os.cpu_count()} CPUs; load average before: {load_average()}; n={args.n}", flush=True)
-    redis = RedisServer().start()
+    redis = RedisServer(appendonly=True).start()
     rows = []
     try:
         for latency in latencies:
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(" | ".join(rows[-1]), flush=True)
     finally:
-        redis.stop()
+        redis.remove()
     headers = ["latency (ms)", "pool", "delivered/s", "worker CPU s / 1000 events", "RSS MiB"]
     print()
     print(table(headers, rows))

@@ -106,7 +106,7 @@ def run(n: int = DEFAULT_N, rounds: int = 5) -> Section:
         f"carries {BATCH} events). Every method includes building the message; ours also "
         "validates the payload with pydantic, which `send_task` does not.",
     )
-    server = RedisServer().start()
+    server = RedisServer(appendonly=True).start()
     methods, close = build_methods(server.url)
     try:
         for method in methods:
@@ -122,7 +122,7 @@ def run(n: int = DEFAULT_N, rounds: int = 5) -> Section:
             server.flush()  # keep the list short: memory, not length, would differ by round
     finally:
         close()
-        server.stop()
+        server.remove()
 
     baseline = methods[0]
     baseline_rate = baseline.events / baseline.seconds

@@ -51,15 +51,17 @@ def run(n: int = DEFAULT_N, rounds: int = 5) -> Section:
         "master and its replica (AOF on, fsync every second) on 127.0.0.1, one thread, in "
         f"{rounds} interleaved rounds after {WARMUP_CALLS} warm-up calls each.",
     )
-    master = RedisServer().start()
-    replica = RedisServer(("--replicaof", "127.0.0.1", str(master.port))).start()
+    master = RedisServer(appendonly=True).start()
+    replica = RedisServer(
+        appendonly=True, extra_args=("--replicaof", "127.0.0.1", str(master.port))
+    ).start()
     producers = {
         "0 (default)": Producer(master.url, min_replicas=0),
         "1": Producer(master.url, min_replicas=1),
     }
     latencies: dict[str, list[float]] = {name: [] for name in producers}
     try:
-        wait_until(lambda: replica_online(master), 30, "the replica to sync")
+        wait_until(lambda: replica_online(master), 30, what="the replica to sync")
         for name, producer in producers.items():
             for i in range(WARMUP_CALLS):
                 producer.enqueue(STORE, payload(i, "warm"), idempotency_key=f"w-{name}-{i}")
@@ -76,8 +78,8 @@ def run(n: int = DEFAULT_N, rounds: int = 5) -> Section:
     finally:
         for producer in producers.values():
             producer.close()
-        replica.stop()
-        master.stop()
+        replica.remove()
+        master.remove()
     rows = [
         [
             name,

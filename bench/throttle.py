@@ -48,6 +48,7 @@ from bench.common import (
     Worker,
     load_average,
     payload,
+    start_sandbox,
     table,
     wait_until,
     worker_env,
@@ -116,7 +117,7 @@ def measure(
     started = time.monotonic()
     # Generous bound: a tenth of the advertised rate, plus start-up slack.
     timeout = n / (limit / window) * 10 + 60
-    wait_until(lambda: sandbox.accepted() >= n, timeout, f"{run}: {n} events", interval=0.25)
+    wait_until(lambda: sandbox.accepted() >= n, timeout, interval=0.25, what=f"{run}: {n} events")
     seconds = time.monotonic() - started
     stats = sandbox.stats()
     windows = stats["windows"]
@@ -157,9 +158,7 @@ def start_nodes(redis: RedisServer, sandbox: Sandbox, mode: str) -> list[Worker]
     try:
         for index in range(NODES):
             hostname = f"{mode}-{'ab'[index]}-{os.getpid()}@%h"
-            worker = Worker(
-                "worker", env, concurrency=CONCURRENCY, extra_args=("--hostname", hostname)
-            )
+            worker = Worker("worker", env, concurrency=CONCURRENCY, hostname=hostname)
             nodes.append(worker.start())
     except BaseException:
         for worker in nodes:
@@ -188,8 +187,8 @@ def run(
     )
     results: list[Result] = []
     adaptive_results: list[AdaptiveResult] = []
-    redis = RedisServer().start()
-    sandbox = Sandbox().start()
+    redis = RedisServer(appendonly=True).start()
+    sandbox = start_sandbox()
     try:
         for mode in modes:
             nodes = start_nodes(redis, sandbox, mode)
@@ -213,7 +212,7 @@ def run(
                     worker.cleanup()
     finally:
         sandbox.stop()
-        redis.stop()
+        redis.remove()
     section.add(spread_table(results))
     section.add(f"Load average after the Reset runs: {load_average()}.")
     section.add(verdict(results))

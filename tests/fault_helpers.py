@@ -19,6 +19,9 @@ from typing import Any
 import pytest
 import redis
 
+# Re-exported (``as``): the fault tests import them from here.
+from harness.events import event as event
+from harness.waiting import SETTLE_SECONDS as SETTLE_SECONDS
 from producers.connections import redis_client
 from producers.enqueue import Producer
 from producers.settings import ProducerSettings
@@ -46,8 +49,6 @@ VISIBILITY_TIMEOUT_SECONDS = float(FAULT_ENV["SNACKVIDEO_VISIBILITY_TIMEOUT_SECO
 RECOVERY_ENV = {**FAULT_ENV, "SNACKVIDEO_VISIBILITY_TIMEOUT_SECONDS": "120"}
 #: What the project promises after a worker is killed or Redis comes back (seconds).
 RECOVERY_BOUND_SECONDS = 30.0
-#: Generous: two cores shared with other test runs.
-SETTLE_SECONDS = 120.0
 
 #: ``tests/recovery_seam``: kills a worker's process at a chosen moment (its docstring).
 RECOVERY_SEAM_PATH = str(Path(__file__).parent / "recovery_seam")
@@ -59,13 +60,6 @@ def seam_env(env: dict[str, str], seam: str) -> dict[str, str]:
         **env,
         "SNACKVIDEO_TEST_SEAM": seam,
         "PYTHONPATH": ":".join(p for p in (RECOVERY_SEAM_PATH, env.get("PYTHONPATH", "")) if p),
-    }
-
-
-def event(click_id: str) -> dict[str, Any]:
-    return {
-        "click_id": click_id,
-        "events": [{"event_name": "purchase", "properties": {"currency": "IDR", "value": 1}}],
     }
 
 

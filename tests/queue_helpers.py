@@ -10,6 +10,7 @@ from typing import Any
 
 import redis
 
+from harness.events import event as event  # re-exported: the core-path tests use it
 from producers.keys import DELIVERY_QUEUE
 from tests.conftest import Worker, wait_until
 from worker.keys import SCHEDULED, UNACKED
@@ -39,21 +40,6 @@ def decode_message(raw: bytes | str) -> QueuedMessage:
 def queued(client: redis.Redis, queue: str = DELIVERY_QUEUE) -> list[QueuedMessage]:
     """Every message on the list, oldest first (kombu pushes with LPUSH and pops from the right)."""
     return [decode_message(raw) for raw in reversed(client.lrange(queue, 0, -1))]
-
-
-def event(click_id: str, **extra: Any) -> dict[str, Any]:
-    """A request body the producer and the sandbox both accept."""
-    payload: dict[str, Any] = {
-        "click_id": click_id,
-        "events": [
-            {
-                "event_name": "purchase",
-                "properties": {"currency": "IDR", "value": 150000, "quantity": 2, "price": 75000},
-            }
-        ],
-    }
-    payload.update(extra)
-    return payload
 
 
 class PubSubRecorder(threading.Thread):

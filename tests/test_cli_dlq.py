@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 
+from harness.waiting import SETTLE_SECONDS
 from producers import Producer
 from producers.keys import DELIVERY_QUEUE
 from tests.conftest import PYTHON, ROOT, STORE, STORE_KEY, Sandbox, Worker, wait_until, worker_env
@@ -25,8 +26,9 @@ from tests.queue_helpers import event, queued
 from worker.cli.dlq import UsageError, parse_duration
 from worker.deadletter.store import DeadLetter, DeadLetterStore
 
+pytestmark = pytest.mark.processes
+
 SNACKVIDEO = str(Path(PYTHON).parent / "snackvideo")
-SETTLE_SECONDS = 60.0
 
 
 def run(

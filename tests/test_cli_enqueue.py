@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from producers import Producer
@@ -17,6 +18,8 @@ from producers.keys import idempotency_key
 from tests.conftest import ROOT, STORE, free_port
 from tests.queue_helpers import event, queued
 from worker.cli.enqueue import content_key
+
+pytestmark = pytest.mark.processes
 
 SNACKVIDEO = str(Path(sys.executable).parent / "snackvideo")
 

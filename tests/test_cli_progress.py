@@ -26,6 +26,8 @@ from tests.queue_helpers import event
 from worker.cli.progress import Progress
 from worker.deadletter.store import SCAN_CHUNK, DeadLetter, DeadLetterStore
 
+pytestmark = pytest.mark.processes  # the CLI on a pseudo-terminal and through pipes
+
 SNACKVIDEO = str(Path(PYTHON).parent / "snackvideo")
 #: More than two chunks of the store's and of enqueue's.
 MANY = 2 * SCAN_CHUNK + 200

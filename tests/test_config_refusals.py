@@ -17,6 +17,8 @@ import pytest
 
 from tests.conftest import PYTHON, ROOT
 
+pytestmark = pytest.mark.processes
+
 SECRET = "pk_live_PLANTED4w8Secret"
 PASSWORD = "redis-PLANTED-pw-9x"
 SNACKVIDEO = str(Path(PYTHON).parent / "snackvideo")

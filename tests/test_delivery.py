@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 
+from harness.waiting import SETTLE_SECONDS
 from producers import Producer
 from producers.keys import DELIVERY_QUEUE
 from producers.message import build_message
@@ -27,9 +28,6 @@ from worker.deadletter.store import DeadLetter, DeadLetterStore
 from worker.keys import delivered_key, entry_id
 
 pytestmark = pytest.mark.integration
-
-# Generous: a loaded 2-core machine running other engineers' tests too.
-SETTLE_SECONDS = 60.0
 
 
 @pytest.fixture

@@ -350,6 +350,7 @@ def test_throttle_sleeps_are_capped_per_run_then_the_job_is_parked(
     assert requests_to(sandbox) == 0
 
 
+@pytest.mark.processes
 def test_the_visibility_bound_covers_every_request_of_a_run() -> None:
     settings = Settings()
     # 3 requests cut at connect + read (+1 s slack), the max sleep, 10 s of Redis calls.

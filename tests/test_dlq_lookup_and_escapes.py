@@ -154,6 +154,7 @@ def test_find_reads_a_job_id_with_glob_characters_literally(redis_client: redis.
 # -- the command: job ids -----------------------------------------------------------------------
 
 
+@pytest.mark.processes
 def test_show_replay_and_purge_take_the_job_id_that_enqueue_printed(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
@@ -181,6 +182,7 @@ def test_show_replay_and_purge_take_the_job_id_that_enqueue_printed(
     assert len(store) == 0
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("action", [("show",), ("replay",), ("purge", "--yes")])
 def test_an_unknown_id_says_which_forms_are_accepted(
     redis_client: redis.Redis, redis_url: str, action: tuple[str, ...]
@@ -218,6 +220,7 @@ def assert_nothing_raw(text: str) -> None:
         assert raw not in text, repr(raw)
 
 
+@pytest.mark.processes
 def test_show_and_list_print_escape_sequences_as_text(
     redis_client: redis.Redis, redis_url: str
 ) -> None:

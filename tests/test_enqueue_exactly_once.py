@@ -236,6 +236,7 @@ def order_event(i: int) -> dict[str, object]:
     return event(f"clk-{i}", order_id=f"order-{i}")
 
 
+@pytest.mark.processes
 def test_the_cli_with_one_chunk_held_queues_each_line_once(
     proxy: TcpProxy, producer: Producer, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
@@ -264,6 +265,7 @@ KEY_OPTIONS = pytest.mark.parametrize(
 )
 
 
+@pytest.mark.processes
 @KEY_OPTIONS
 def test_running_a_file_again_after_redis_went_away_queues_only_what_was_missing(
     proxy: TcpProxy,
@@ -302,6 +304,7 @@ def test_running_a_file_again_after_redis_went_away_queues_only_what_was_missing
     assert f"enqueued 200 event(s) for store {STORE}; 1000 already queued" in again.stderr
 
 
+@pytest.mark.processes
 def test_a_file_without_keys_that_failed_part_way_says_a_re_run_would_repeat_it(
     proxy: TcpProxy, producer: Producer, redis_client: redis.Redis, tmp_path: Path
 ) -> None:

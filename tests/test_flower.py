@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 
+from harness.waiting import SETTLE_SECONDS
 from producers import Producer
 from tests.conftest import (
     PYTHON,
@@ -35,7 +36,6 @@ pytestmark = pytest.mark.integration
 
 AUTH = ("ops", "flower-test-pass")
 GONE_KEY = "pk_store_gone_7f3e91"
-SETTLE_SECONDS = 90.0
 
 
 #: What the Procfile's flower: line passes: the file that adds the dead-letter pages.

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import redis
 
+from harness.waiting import SETTLE_SECONDS
 from producers import Producer
 from tests.conftest import STORE, Worker, wait_until, worker_env
 from tests.hostile_http import Behaviour, Hold, HostileServer, Reply, Seen, redirect
@@ -38,7 +39,6 @@ from worker.delivery.scalev import API_KEY_HEADER
 pytestmark = pytest.mark.integration
 
 KEY = "pk_live_FLOWER3z8Secret"
-SETTLE_SECONDS = 90.0
 FAILING = {
     "clk-echo-401": "reason=http_401",
     "clk-redirect": "reason=http_302",

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import pytest
 import redis
 
+from harness.waiting import SETTLE_SECONDS
 from producers import Producer
 from producers.keys import DELIVERY_QUEUE
 from producers.message import build_message
@@ -28,7 +29,6 @@ from worker.keys import delivered_key, dlq_taken_key, entry_id
 
 pytestmark = pytest.mark.integration
 
-SETTLE_SECONDS = 60.0
 GONE_STORE = "store_gone"  # a key in the worker's config, unknown to the sandbox: 404
 KEYS_WITH_GONE = json.dumps({STORE: STORE_KEY, GONE_STORE: "pk_test_gone_0001"})
 

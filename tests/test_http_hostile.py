@@ -23,6 +23,7 @@ import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.events import event
 from producers import Producer
 from tests.conftest import (
     PYTHON,
@@ -72,13 +73,6 @@ def hostile() -> Iterator[Callable[..., HostileServer]]:
     yield start
     for server in started:
         server.stop()
-
-
-def event(click_id: str) -> dict[str, Any]:
-    return {
-        "click_id": click_id,
-        "events": [{"event_name": "purchase", "properties": {"currency": "IDR", "value": 1}}],
-    }
 
 
 def click_of(seen: Seen) -> str:

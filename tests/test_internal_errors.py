@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import redis
 
+from harness.waiting import SETTLE_SECONDS
 from producers import Producer
 from producers.keys import DELIVERY_QUEUE
 from producers.message import build_message
@@ -35,7 +36,6 @@ from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-SETTLE_SECONDS = 60.0
 BROKEN_STORE = "store_broken"
 BROKEN_KEY = "pk_test_broken_7c41d2"
 MAX_INTERNAL_ERRORS = 3  # the default

@@ -55,6 +55,7 @@ def run_cli(tmp_path: Path, args: list[str], redis_url: str, stdin: str = "") ->
     return result
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize(
     "args",
     [
@@ -71,6 +72,7 @@ def test_commands_start_without_celery(tmp_path: Path, redis_url: str, args: lis
     assert result == {"code": 0, "celery": []}
 
 
+@pytest.mark.processes
 def test_enqueue_queues_an_event_without_importing_celery(
     tmp_path: Path, redis_url: str, redis_client: redis.Redis
 ) -> None:
@@ -80,6 +82,7 @@ def test_enqueue_queues_an_event_without_importing_celery(
     assert redis_client.llen(DELIVERY_QUEUE) == 1
 
 
+@pytest.mark.processes
 def test_status_is_the_command_that_builds_the_celery_app(tmp_path: Path, redis_url: str) -> None:
     # Its worker ping is a Celery broadcast: the probe sees Celery here, so its silence
     # for the other commands means something.

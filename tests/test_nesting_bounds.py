@@ -104,6 +104,7 @@ def test_enqueue_and_enqueue_many_refuse_and_write_nothing(
     producer.close()
 
 
+@pytest.mark.processes
 @DEPTHS
 def test_the_cli_reports_the_line_and_enqueues_nothing(
     depth: int, redis_url: str, redis_client: redis.Redis
@@ -154,6 +155,7 @@ def test_the_dispatcher_parks_a_deep_job_with_its_text_cut(
     scalev.close()
 
 
+@pytest.mark.processes
 @DEPTHS
 def test_a_worker_parks_deep_messages_on_every_path_and_keeps_delivering(
     depth: int,
@@ -199,6 +201,7 @@ def test_a_worker_parks_deep_messages_on_every_path_and_keeps_delivering(
 # -- the dead-letter rendering --------------------------------------------------------------
 
 
+@pytest.mark.processes
 @DEPTHS
 def test_an_entry_with_a_deep_payload_stores_reads_and_prints(
     depth: int, redis_url: str, redis_client: redis.Redis

@@ -151,6 +151,7 @@ def run_cli(redis_url: str, *args: str, stdin: bytes) -> subprocess.CompletedPro
     )
 
 
+@pytest.mark.processes
 def test_the_cli_reports_an_oversize_line_by_number_and_enqueues_nothing(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
@@ -167,6 +168,7 @@ def test_the_cli_reports_an_oversize_line_by_number_and_enqueues_nothing(
     assert redis_client.llen(DELIVERY_QUEUE) == 0
 
 
+@pytest.mark.processes
 def test_the_cli_refuses_an_input_over_its_bound_before_reading_it_all(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
@@ -184,6 +186,7 @@ def test_the_cli_refuses_an_input_over_its_bound_before_reading_it_all(
 # -- a real worker --------------------------------------------------------------------------
 
 
+@pytest.mark.processes
 def test_a_worker_dead_letters_an_oversize_job_with_its_text_cut_and_never_posts_it(
     redis_url: str,
     redis_client: redis.Redis,

@@ -59,6 +59,7 @@ def test_a_cluster_url_is_refused_pointing_to_sentinel(url: str) -> None:
         assert "sentinel://" in message and "pw-7" not in message
 
 
+@pytest.mark.processes
 def test_a_cluster_url_stops_the_cli_in_one_line() -> None:
     done = subprocess.run(
         [SNACKVIDEO, "status"],

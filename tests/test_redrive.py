@@ -17,6 +17,7 @@ from collections.abc import Callable
 import pytest
 import redis
 
+from harness.waiting import SETTLE_SECONDS
 from producers import Producer
 from producers.message import build_message
 from tests.conftest import STORE, Beat, Sandbox, Worker, wait_until, worker_env
@@ -26,7 +27,6 @@ from worker.deadletter.store import DeadLetter, DeadLetterStore
 from worker.keys import CONTROL_QUEUE, DELIVERY_QUEUE, REDRIVE_LOCK, REDRIVE_TASK
 from worker.settings import Settings
 
-SETTLE_SECONDS = 90.0
 HEALABLE = ("http_404", "http_401", "http_403", "no_api_key", "retries_exhausted")
 NEVER = ("http_400", "invalid_job", "expired")
 #: Dead-lettered a day ago, well inside the 30-day retention.

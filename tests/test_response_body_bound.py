@@ -126,6 +126,7 @@ def test_short_bodies_leave_the_connection_kept_alive(
     client.close()
 
 
+@pytest.mark.processes
 def test_a_worker_dead_letters_an_endless_400_keeping_its_cut_body(
     hostile: Callable[..., HostileServer],
     redis_url: str,

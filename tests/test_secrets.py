@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 
+from harness.waiting import SETTLE_SECONDS
 from producers import Producer
 from producers.keys import DELIVERY_QUEUE, IDEMPOTENCY_PREFIX
 from producers.message import build_message
@@ -31,7 +32,6 @@ pytestmark = pytest.mark.integration
 SECRET = "pk_live_ZETA9q7Xw3Secret5e1"
 SINGLE_SECRET = "pk_live_FALLBACK8r2Secret0c"
 SECRET_FORMS = (SECRET, SINGLE_SECRET)
-SETTLE_SECONDS = 90.0
 
 
 def expand(raw: bytes) -> list[bytes]:

@@ -126,6 +126,7 @@ def test_an_explicit_argument_takes_the_place_of_its_variable(
     producer.close()
 
 
+@pytest.mark.processes
 def test_a_web_app_imports_producers_whatever_the_worker_variables_say() -> None:
     script = (
         "import sys, producers; p = producers.Producer(); p.close(); "

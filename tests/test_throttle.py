@@ -287,6 +287,7 @@ print(taken)
 """
 
 
+@pytest.mark.processes
 def test_threads_and_processes_never_take_more_than_the_budget(
     redis_url: str, redis_client: redis.Redis
 ) -> None:

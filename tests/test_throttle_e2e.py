@@ -9,16 +9,13 @@ import pytest
 import redis
 import requests
 
+from harness.events import event
 from producers import Producer
 from tests.conftest import STORE, STORE_KEY, wait_until, worker_env
 from worker.deadletter.store import DeadLetterStore
 from worker.keys import DELIVERY_QUEUE, SCHEDULED, UNACKED, delivered_key
 
 pytestmark = pytest.mark.integration
-
-
-def event(click_id: str) -> dict[str, Any]:
-    return {"click_id": click_id, "events": [{"event_name": "purchase"}]}
 
 
 def spend_the_window(base_url: str) -> None:
