@@ -232,16 +232,18 @@ def test_the_ingest_service_reads_its_settings_and_publishes_on_loopback(
     variables = {IngestSettings.variable_of(field) for field in IngestSettings.model_fields}
     missing = variables - set(ingest["environment"])
     assert not missing, f"add to docker-compose.yml's ingest environment: {sorted(missing)}"
-    env = read_env_file(SANDBOX_ENV)
+    env = {**read_env_file(SANDBOX_ENV), "REDIS_PASSWORD": PASSWORD}  # from the shell
     settings = IngestSettings.from_env(resolved(ingest, env))
+    assert settings.redis_url == f"redis://:{PASSWORD}@redis:6379/0"
     assert (settings.ingest_address, settings.ingest_port) == ("0.0.0.0", 8088)
     assert set(settings.ingest_tokens) == {"demo"}
     port = "${SNACKVIDEO_INGEST_PORT:-8088}"
     assert ingest["ports"] == [f"127.0.0.1:{port}:{port}"]
     # No token: compose refuses to start rather than serve an API that refuses everyone.
     with pytest.raises(LookupError, match="SNACKVIDEO_INGEST_TOKENS"):
-        resolved(ingest, {})
-    production = IngestSettings.from_env(resolved(ingest, read_env_file(PRODUCTION_ENV)))
+        resolved(ingest, {"REDIS_PASSWORD": PASSWORD})
+    production_env = {**read_env_file(PRODUCTION_ENV), "REDIS_PASSWORD": PASSWORD}
+    production = IngestSettings.from_env(resolved(ingest, production_env))
     assert production.ingest_tokens["shop-backend"].stores == {"store_abc"}
 
 
