@@ -101,7 +101,9 @@ def test_a_204_is_delivered_exactly_once(
     start_worker: Callable[..., Worker],
     recorder: PubSubRecorder,
 ) -> None:
-    worker = start_worker(worker_env(redis_url, sandbox.base_url))
+    # Task events on, as for a deployment that shows Flower from a worker's first second
+    # (off by default: a running Flower switches them on by itself).
+    worker = start_worker(worker_env(redis_url, sandbox.base_url, SNACKVIDEO_TASK_EVENTS="on"))
     payload = event("clk-204", event_source_url="https://shop.example", note="ok ✓")
     job_id = producer.enqueue(STORE, payload)
 
@@ -188,7 +190,10 @@ def test_a_404_is_dead_lettered_after_one_attempt(
 ) -> None:
     # The worker holds a key for a store the sandbox (Scalev) does not know.
     keys = json.dumps({STORE: STORE_KEY, "store_gone": "pk_gone_0001"})
-    worker = start_worker(worker_env(redis_url, sandbox.base_url, SCALEV_STOREFRONT_API_KEYS=keys))
+    env = worker_env(
+        redis_url, sandbox.base_url, SCALEV_STOREFRONT_API_KEYS=keys, SNACKVIDEO_TASK_EVENTS="on"
+    )
+    worker = start_worker(env)
     job_id = producer.enqueue("store_gone", event("clk-gone"))
 
     entry = wait_dead_letter(redis_client, job_id)

@@ -139,6 +139,8 @@ def test_a_dead_letter_is_a_failed_task_in_flower_with_reason_status_and_click_i
     flower = start_flower(env)
     producer = Producer(redis_url)
 
+    # The worker runs with task events at their default, off: every task Flower shows
+    # below is there because Flower's own enable_events broadcast switched them on.
     # Flower only sees the events sent after its receiver connected: send no-key events
     # until one shows up, rather than guess how long that takes. A probe whose first
     # events (received, with the task's name) went out before Flower connected shows up

@@ -122,6 +122,8 @@ def test_the_key_is_nowhere_in_redis_events_or_logs(
         sandbox.base_url,
         SCALEV_STOREFRONT_API_KEYS=json.dumps({STORE: SECRET, "store_gone": SECRET}),
         SNACKVIDEO_MAX_ATTEMPTS="3",
+        # Task events on (off by default): what they carry is part of what is checked.
+        SNACKVIDEO_TASK_EVENTS="on",
     )
     worker = start_worker(env)
     producer = Producer(redis_url)

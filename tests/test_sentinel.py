@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Callable
@@ -77,7 +78,7 @@ def test_min_replicas_waits_for_the_replica_and_refuses_when_too_few(
 ) -> None:
     group = sentinel_group()
     monkeypatch.setenv("SNACKVIDEO_ENQUEUE_MIN_REPLICAS", "1")
-    one = Producer(group.url, timeout_seconds=2)
+    one = Producer(group.url, timeout_seconds=5)
     [job_id] = one.enqueue_many(STORE, [event("replicated-1")])
     replica = redis.Redis(port=group.replica.port)
     # WAIT returned: the replica already holds the job, no polling needed.
@@ -90,7 +91,8 @@ def test_min_replicas_waits_for_the_replica_and_refuses_when_too_few(
     with pytest.raises(EnqueueError) as refused:
         two.enqueue(STORE, event("replicated-2"), idempotency_key="order-2")
     message = str(refused.value)
-    assert "1 of 2 replica(s) confirmed it" in message
+    # 1 on a quiet machine; 0 when the one replica lagged past WAIT's timeout under load.
+    assert re.search(r"[01] of 2 replica\(s\) confirmed it", message), message
     assert "same idempotency key" in message
     # The job is stored on the master once, however often the call retried its WAIT.
     master = redis.Redis(port=group.master.port)
@@ -108,7 +110,7 @@ def test_the_asyncio_producer_finds_the_master_and_waits_for_replicas(
     monkeypatch.setenv("SNACKVIDEO_ENQUEUE_MIN_REPLICAS", "1")
 
     async def enqueue_both() -> tuple[str, str]:
-        one = AsyncProducer(group.url, timeout_seconds=2)
+        one = AsyncProducer(group.url, timeout_seconds=5)
         two = AsyncProducer(group.url, timeout_seconds=2, min_replicas=2)
         try:
             first = await one.enqueue(STORE, event("async-replicated-1"))
@@ -123,7 +125,8 @@ def test_the_asyncio_producer_finds_the_master_and_waits_for_replicas(
     replica = redis.Redis(port=group.replica.port)
     assert any(job_id.encode() in item for item in replica.lrange(DELIVERY_QUEUE, 0, -1))
     replica.close()
-    assert "1 of 2 replica(s) confirmed it" in message
+    # 1 on a quiet machine; 0 when the one replica lagged past WAIT's timeout under load.
+    assert re.search(r"[01] of 2 replica\(s\) confirmed it", message), message
     master = redis.Redis(port=group.master.port)
     assert sum(b"async-replicated-2" in item for item in master.lrange(DELIVERY_QUEUE, 0, -1)) == 1
     master.close()

@@ -242,10 +242,12 @@ class Settings(ProducerSettings):
     # "text": Celery's own format.
     log_format: str = env_field("text", "SNACKVIDEO_LOG_FORMAT")
     # Celery task events feed Flower. They cost ~1.6 PUBLISH round trips and roughly a
-    # fifth of the worker's CPU per delivery (docs/benchmarks.md); a deployment that
-    # watches the Prometheus metrics instead may turn them off. A running Flower turns
-    # them back on by itself (its --enable_events, on by default).
-    task_events: bool = env_field(True, "SNACKVIDEO_TASK_EVENTS")
+    # fifth of the worker's CPU per delivery (docs/benchmarks.md: 1.26x the events/s
+    # without them). Off by default: with no Flower listening, Redis pub/sub drops them
+    # anyway, and a running Flower switches them on in every worker by itself (its
+    # --enable_events broadcast, every 5 s). "on" only adds the first seconds after a
+    # worker starts to what Flower shows.
+    task_events: bool = env_field(False, "SNACKVIDEO_TASK_EVENTS")
 
     @field_validator("scalev_api_base_url")
     @classmethod
