@@ -7,7 +7,7 @@ Real processes: a master, its replica and three Sentinels (``tests/sentinel_help
 
 from __future__ import annotations
 
-import asyncio
+import json
 import os
 import re
 import signal
@@ -20,7 +20,6 @@ import redis
 import requests
 
 from producers import EnqueueError, Producer
-from producers.aio import AsyncProducer
 from producers.keys import DELIVERY_QUEUE, ENQUEUED_COUNTER
 from tests.conftest import (
     PYTHON,
@@ -102,31 +101,54 @@ def test_min_replicas_waits_for_the_replica_and_refuses_when_too_few(
     two.close()
 
 
+#: Run in a process of its own: an event loop in this one would share the main thread
+#: with pytest-playwright's greenlets (an asyncio.run there broke the session's end).
+ASYNC_ENQUEUE = """
+import asyncio, json, sys
+from producers import EnqueueError
+from producers.aio import AsyncProducer
+
+async def main(url, one_body, two_body):
+    one = AsyncProducer(url, timeout_seconds=5)
+    two = AsyncProducer(url, timeout_seconds=2, min_replicas=2)
+    try:
+        first = await one.enqueue("%s", one_body)
+        try:
+            await two.enqueue("%s", two_body, "async-order-2")
+            refused = None
+        except EnqueueError as exc:
+            refused = str(exc)
+        return {"job_id": first.job_id, "refused": refused}
+    finally:
+        await one.aclose()
+        await two.aclose()
+
+url, one_body, two_body = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+print(json.dumps(asyncio.run(main(url, one_body, two_body))))
+""" % (STORE, STORE)
+
+
 def test_the_asyncio_producer_finds_the_master_and_waits_for_replicas(
-    sentinel_group: Callable[[], SentinelGroup], monkeypatch: pytest.MonkeyPatch
+    sentinel_group: Callable[[], SentinelGroup],
 ) -> None:
     """What the ingest service publishes with: the same Sentinel lookup and WAIT rule."""
     group = sentinel_group()
-    monkeypatch.setenv("SNACKVIDEO_ENQUEUE_MIN_REPLICAS", "1")
-
-    async def enqueue_both() -> tuple[str, str]:
-        one = AsyncProducer(group.url, timeout_seconds=5)
-        two = AsyncProducer(group.url, timeout_seconds=2, min_replicas=2)
-        try:
-            first = await one.enqueue(STORE, event("async-replicated-1"))
-            with pytest.raises(EnqueueError) as refused:
-                await two.enqueue(STORE, event("async-replicated-2"), "async-order-2")
-            return first.job_id, str(refused.value)
-        finally:
-            await one.aclose()
-            await two.aclose()
-
-    job_id, message = asyncio.run(enqueue_both())
+    bodies = [json.dumps(event("async-replicated-1")), json.dumps(event("async-replicated-2"))]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SNACKVIDEO_")},
+        "SNACKVIDEO_ENQUEUE_MIN_REPLICAS": "1",
+    }
+    done = subprocess.run(
+        [PYTHON, "-c", ASYNC_ENQUEUE, group.url, *bodies],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
     replica = redis.Redis(port=group.replica.port)
-    assert any(job_id.encode() in item for item in replica.lrange(DELIVERY_QUEUE, 0, -1))
+    assert any(result["job_id"].encode() in item for item in replica.lrange(DELIVERY_QUEUE, 0, -1))
     replica.close()
     # 1 on a quiet machine; 0 when the one replica lagged past WAIT's timeout under load.
-    assert re.search(r"[01] of 2 replica\(s\) confirmed it", message), message
+    assert re.search(r"[01] of 2 replica\(s\) confirmed it", result["refused"] or ""), result
     master = redis.Redis(port=group.master.port)
     assert sum(b"async-replicated-2" in item for item in master.lrange(DELIVERY_QUEUE, 0, -1)) == 1
     master.close()
