@@ -68,6 +68,11 @@ def test_every_line_is_a_json_object_with_the_outcome_fields(
     producer.close()
     client.close()
 
+    def delivered_lines() -> int:
+        return sum(1 for r in json_lines(worker.log()) if r.get("outcome") == "delivered")
+
+    # The worker logs its outcome line after the sandbox has the event: wait for it.
+    wait_until(lambda: delivered_lines() == 4, timeout=60, what="four delivered lines")
     log = worker.log()
     records = json_lines(log)
     assert any(r["message"].endswith(" ready.") for r in records)

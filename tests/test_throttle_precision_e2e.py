@@ -79,7 +79,10 @@ def test_a_hidden_limit_backs_the_rate_off_without_a_429_storm(
     # The rate climbed past the hidden limit and was cut back: a few 429s, not a storm
     # (four processes bursting into a 20/1 window would see most of their requests refused).
     assert rejected / stats["requests"] < 0.1, stats["by_status"]
-    assert client.hget(throttle_key(sandbox.base_url), "adaptive_ceiling") is not None
+    # A 429 sets the ceiling the rate is then held under; a machine too slow to climb past
+    # the hidden limit sees no 429 and keeps none.
+    ceiling = client.hget(throttle_key(sandbox.base_url), "adaptive_ceiling")
+    assert (ceiling is not None) == (rejected > 0), (ceiling, stats["by_status"])
     assert any("outcome=rate_limited" in worker.log() for worker in workers) == (rejected > 0)
     client.close()
 
