@@ -53,8 +53,8 @@ def settled(client: redis.Redis, job_ids: set[str]) -> bool:
 
 def vanished_without_trace(client: redis.Redis, job_ids: list[str], *workers: Worker) -> bool:
     """Whether each job is nowhere: not queued, not in ``unacked``, not parked, never at
-    the sandbox and in no worker's log. The open defect docs/durability.md describes:
-    about one run in six loses one job taken around the kill this way."""
+    the sandbox and in no worker's log: popped by kombu's BRPOP, killed before the
+    ``unacked`` write. The open defect docs/durability.md describes."""
     queued_ids = {message.headers["id"] for message in queued(client)}
     held = unacked_job_ids(client) | queued_ids
     parked = {key.decode() for key in client.hkeys(SCHEDULED_MESSAGES)}
@@ -114,7 +114,7 @@ def test_sigkill_mid_run_recovers_in_seconds_and_duplicates_only_jobs_in_flight(
         lost = ledger.unaccounted()
         if len(lost) == 1 and vanished_without_trace(redis_client, lost, worker, restarted):
             # Reported on every occurrence, not hidden: the open defect docs/durability.md
-            # names (cause not found yet). Any other loss still fails the test.
+            # names (kombu's two-step take). Any other loss still fails the test.
             pytest.xfail(f"job {lost[0]} vanished without trace after the SIGKILL")
         raise
     wait_idle(redis_client, SETTLE_SECONDS)
