@@ -78,6 +78,12 @@ def test_a_worker_log_holds_each_hostile_value_escaped_on_its_own_line(
         what="one delivery and two dead letters",
     )
     wait_until(lambda: worker.log().count("outcome=") >= 3, 30, what="three outcome lines")
+    # Celery writes its own failure line after the task returns, after our outcome line.
+    wait_until(
+        lambda: worker.log().count("raised expected: DeadLettered") >= 2,
+        30,
+        what="Celery's two failure lines",
+    )
 
     log = worker.log()
     lines = log.splitlines()
