@@ -334,16 +334,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         else:
             describe("would replay", entries)
         return 0
-    progress = Progress.on_terminal("replaying", len(entries), json_output=args.json)
-    with progress.running():
-        result = selection.replay(store, entries, progress.advance)
-    gone = [entry.id for entry, _why in result.skipped]
+    taken, gone = _take_with_progress(args, "replaying", entries, store, selection.replay)
     if args.json:
-        print(json_result("replay", False, result.taken, gone))
+        print(json_result("replay", False, taken, gone))
     else:
-        describe("replayed", result.taken)
-    _report_missing(gone, f" any more ({TAKEN_MEANWHILE})")
-    return 1 if gone and args.ids else 0
+        describe("replayed", taken)
+    return _report_taken_meanwhile(args, gone)
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
@@ -366,14 +362,30 @@ def cmd_purge(args: argparse.Namespace) -> int:
         if not _confirm(f"Delete {_count(len(entries))} for good? [y/N] "):
             print("nothing purged", file=sys.stderr)
             return 1
-    progress = Progress.on_terminal("purging", len(entries), json_output=args.json)
-    with progress.running():
-        result = selection.purge(store, entries, progress.advance)
-    gone = [entry.id for entry, _why in result.skipped]
+    taken, gone = _take_with_progress(args, "purging", entries, store, selection.purge)
     if args.json:
-        print(json_result("purge", False, result.taken, gone))
+        print(json_result("purge", False, taken, gone))
     else:
-        print(f"purged {_count(len(result.taken))}")
+        print(f"purged {_count(len(taken))}")
+    return _report_taken_meanwhile(args, gone)
+
+
+def _take_with_progress(
+    args: argparse.Namespace,
+    label: str,
+    entries: list[DeadLetter],
+    store: DeadLetterStore,
+    take: Callable[..., selection.TakeResult],
+) -> tuple[list[DeadLetter], list[str]]:
+    """Replay or purge (``take``) with the progress line: (entries taken, ids skipped)."""
+    progress = Progress.on_terminal(label, len(entries), json_output=args.json)
+    with progress.running():
+        result = take(store, entries, progress.advance)
+    return result.taken, [entry.id for entry, _why in result.skipped]
+
+
+def _report_taken_meanwhile(args: argparse.Namespace, gone: list[str]) -> int:
+    """Name what another replay or purge took first; an error only for ids asked by name."""
     _report_missing(gone, f" any more ({TAKEN_MEANWHILE})")
     return 1 if gone and args.ids else 0
 
