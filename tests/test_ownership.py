@@ -24,7 +24,14 @@ from producers.message import build_message
 from tests.conftest import PYTHON, ROOT, RedisServer, wait_until
 from worker.celery_ext.transport import SafeChannel, SafeTransport
 from worker.clock import RedisClock
-from worker.keys import CONSUMERS, TAKEN_BY, UNACKED, UNACKED_INDEX, consumer_taken_key
+from worker.keys import (
+    CONSUMERS,
+    TAKEN_BY,
+    UNACKED,
+    UNACKED_INDEX,
+    consumer_taken_key,
+    consumer_taking_key,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +58,36 @@ conn.drain_events(timeout=5)
 print(json.dumps([channel.qos.incarnation, taken[0].delivery_tag]), flush=True)
 os._exit(0)
 """
+
+
+#: Takes one message of QUEUE and dies in the middle of the take: after the pop, before
+#: kombu's unacked write (the MULTI of QoS.append). What a SIGKILL of a busy worker's main
+#: process can hit on any take.
+DIE_BEFORE_RECORDING = """
+import json, os, sys
+from kombu import Connection
+from worker.celery_ext.transport import SafeQoS, SafeTransport
+SafeQoS.append = lambda self, message, tag: os._exit(0)
+conn = Connection(sys.argv[1], transport=SafeTransport, transport_options=json.loads(sys.argv[2]))
+channel = conn.channel()
+channel.basic_qos(0, 1, False)
+channel.basic_consume(sys.argv[3], False, print, consumer_tag="dying")
+print(json.dumps(channel.qos.incarnation), flush=True)
+conn.drain_events(timeout=5)
+"""
+
+
+def die_while_taking(redis_url: str) -> str:
+    """The incarnation of a consumer process that died between the pop and the record."""
+    out = subprocess.run(
+        [PYTHON, "-c", DIE_BEFORE_RECORDING, redis_url, json.dumps(OPTIONS), QUEUE],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    return str(json.loads(out.strip().splitlines()[-1]))
 
 
 def take_and_die(redis_url: str) -> tuple[str, str]:
@@ -168,6 +205,73 @@ def test_a_dead_consumer_s_messages_come_back_redelivered_and_first_in_line(
     assert redis_client.zscore(CONSUMERS, dead) is None
     assert not redis_client.exists(consumer_taken_key(dead))
     assert redis_client.hget(TAKEN_BY, tag) == live.incarnation.encode()
+
+
+def test_a_consumer_killed_between_the_pop_and_the_record_loses_nothing(
+    redis_url: str, redis_client: redis.Redis, consumer: Callable[..., Consumer]
+) -> None:
+    # kombu's own take (BRPOP, then the unacked write) lost this job: it lived only in the
+    # dead process. The one-step take leaves it in the consumer's taking list.
+    push(redis_client, "mid-take")
+    dead = die_while_taking(redis_url)
+    assert job_ids_on_queue(redis_client) == []
+    assert redis_client.hlen(UNACKED) == 0
+    assert redis_client.llen(consumer_taking_key(dead)) == 1
+
+    live = consumer()
+    wait_until(lambda: (live.sweep(), "mid-take" in job_ids_on_queue(redis_client))[1], 10)
+
+    message = live.take()
+    assert message.headers["id"] == "mid-take"
+    # It never ran: back unchanged, not marked redelivered (no redelivery is counted).
+    assert not message.delivery_info.get("redelivered")
+    assert redis_client.zscore(CONSUMERS, dead) is None
+    assert not redis_client.exists(consumer_taking_key(dead))
+
+
+def test_a_taken_message_leaves_the_taking_list_in_the_unacked_write(
+    redis_client: redis.Redis, consumer: Callable[..., Consumer]
+) -> None:
+    push(redis_client, "recorded")
+    live = consumer()
+    message = live.take()
+    assert redis_client.hexists(UNACKED, message.delivery_tag)
+    assert not redis_client.exists(consumer_taking_key(live.incarnation))
+
+
+def test_a_second_list_is_taken_from_while_the_take_blocks_on_the_first(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    # A worker consumes deliveries and control tasks; the one-step take blocks on one list
+    # and looks at the others without blocking, at least once per BRPOP timeout.
+    other = f"{QUEUE}.control"
+    connection = Connection(
+        redis_url,
+        transport=SafeTransport,
+        transport_options={**OPTIONS, "blocking_queue": QUEUE},
+    )
+    try:
+        channel = connection.default_channel
+        channel.basic_qos(0, 1, False)
+        taken: list[Any] = []
+        channel.basic_consume(QUEUE, False, taken.append, consumer_tag="main")
+        channel.basic_consume(other, False, taken.append, consumer_tag="control")
+        redis_client.lpush(
+            other, build_message({"job_id": "control-1"}, task_id="control-1", queue=other)
+        )
+        deadline = time.monotonic() + 10
+        while not taken and time.monotonic() < deadline:
+            try:
+                connection.drain_events(timeout=1)
+            except TimeoutError:
+                pass
+        assert [message.headers["id"] for message in taken] == ["control-1"]
+        assert redis_client.hexists(UNACKED, taken[0].delivery_tag)
+        assert not redis_client.exists(consumer_taking_key(channel.qos.incarnation))
+        taken[0].ack()
+    finally:
+        connection.close()
+        redis_client.delete(other)
 
 
 def test_a_message_held_by_another_consumer_since_is_not_restored_again(

@@ -12,6 +12,10 @@
     snackvideo:consumer:{id}:taken   set    delivery tags that incarnation took and has not acked
                                             or restored (written in kombu's own MULTI)
     snackvideo:taken_by              hash   delivery tag -> the incarnation that holds it now
+    snackvideo:consumer:{id}:taking  list   messages that incarnation popped and kombu has not
+                                            recorded in unacked yet: the pop moves them here
+                                            in one step (BRPOPLPUSH), the unacked MULTI
+                                            removes them (worker.celery_ext.taking)
     snackvideo:idem:{store}:{key}    string job id holding an idempotency key (TTL 48 h); in
                                             {store}, % and : are written %25 and %3A
     snackvideo:enqueue:call:{token}  string an enqueue call's result, for its retries (TTL 20 s)
@@ -134,6 +138,7 @@ __all__ = [
     "UNACKED_MUTEX",
     "JobMarks",
     "consumer_taken_key",
+    "consumer_taking_key",
     "delivered_key",
     "dlq_taken_key",
     "entry_id",
@@ -183,6 +188,10 @@ def redeliveries_key(job_id: str, replay_count: int, generation: int) -> str:
 
 def consumer_taken_key(incarnation: str) -> str:
     return f"{KEY_PREFIX}consumer:{incarnation}:taken"
+
+
+def consumer_taking_key(incarnation: str) -> str:
+    return f"{KEY_PREFIX}consumer:{incarnation}:taking"
 
 
 def dlq_taken_key(entry_id: str) -> str:

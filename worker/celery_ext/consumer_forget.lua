@@ -1,10 +1,10 @@
--- keys=[consumers, taken] args=[incarnation, dead_after_seconds, retired]
--- Forgets a consumer incarnation once its set of taken messages is empty (each was
--- restored or acked), provided it is still dead: a heartbeat that came back while its
+-- keys=[consumers, taken, taking] args=[incarnation, dead_after_seconds, retired]
+-- Forgets a consumer incarnation once its set of taken messages and its taking list are
+-- empty (each was restored, handed back or acked), provided it is still dead: a heartbeat that came back while its
 -- messages were restored means the process lives on (it was only slow), and it keeps its
 -- entry. An incarnation its own process retired ("1") is forgotten either way.
 -- Returns 1 when forgotten.
-if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
+if redis.call('SCARD', KEYS[2]) > 0 or redis.call('LLEN', KEYS[3]) > 0 then return 0 end
 if ARGV[3] ~= '1' then
   local score = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
   if score then
@@ -14,5 +14,5 @@ if ARGV[3] ~= '1' then
   end
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[3])
 return 1

@@ -11,6 +11,8 @@ long. Now:
   records every message it takes under that id, in the MULTI in which kombu writes
   ``unacked`` (the set ``snackvideo:consumer:{id}:taken`` and the hash
   ``snackvideo:taken_by``: no extra round trip), and removes it in the MULTI of the ack.
+  Before that MULTI the message is in the incarnation's taking list, where the pop moved
+  it (``taking``).
 * **Heartbeat.** A thread in the consuming process scores each live incarnation in the
   zset ``snackvideo:consumers`` with the Redis clock (TIME) every
   ``SNACKVIDEO_CONSUMER_HEARTBEAT_SECONDS``.
@@ -18,7 +20,8 @@ long. Now:
   incarnations whose heartbeat is older than ``SNACKVIDEO_CONSUMER_DEAD_AFTER_SECONDS``
   and restores their messages exactly as kombu's ``restore_by_tag`` does (marked
   redelivered, pushed to the end of the list that is popped next), one transaction per
-  message. A message restored since and taken by another consumer is left alone.
+  message; what is left in their taking lists goes back unchanged (it never ran). A
+  message restored since and taken by another consumer is left alone.
 * **Retirement.** A process that opens a new consuming channel (a reconnect) retires its
   older incarnations, and a channel that closes retires its own: their messages come back
   at once, not after the heartbeat expires. If Redis is away at that moment, the next
@@ -40,7 +43,7 @@ import uuid
 import redis
 
 from worker.connections import reply_text
-from worker.keys import CONSUMERS, consumer_taken_key
+from worker.keys import CONSUMERS, consumer_taken_key, consumer_taking_key
 from worker.lua_scripts import lua_source
 
 log = logging.getLogger("snackvideo.ownership")
@@ -72,7 +75,7 @@ def dead_incarnations(client: redis.Redis, dead_after_seconds: float) -> list[st
 def forget(client: redis.Redis, incarnation: str, dead_after_seconds: float, retired: bool) -> bool:
     """Drop a dead (or retired) incarnation that holds nothing any more."""
     forgotten = client.register_script(lua_source("worker.celery_ext", "consumer_forget"))(
-        keys=[CONSUMERS, consumer_taken_key(incarnation)],
+        keys=[CONSUMERS, consumer_taken_key(incarnation), consumer_taking_key(incarnation)],
         args=[incarnation, dead_after_seconds, "1" if retired else "0"],
     )
     return bool(forgotten)

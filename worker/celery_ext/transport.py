@@ -2,17 +2,21 @@
 
 kombu takes a message in two steps. BRPOP pops it off the list, then ``QoS.append``
 writes it to the ``unacked`` hash, the copy that the visibility timeout restores after a
-crash. Between the two steps the job exists only in this process. kombu 5.7 lets three
-things go wrong there, or right after:
+crash. Between the two steps the job existed only in this process: a SIGKILL there lost
+it. Here the pop moves it into the consumer's own taking list in the same step, and the
+``unacked`` MULTI takes it out of there (``taking``): it is always in some Redis key.
+kombu 5.7 also lets three things go wrong around the take:
 
 - An item it cannot parse (not JSON, not an envelope) raises inside the event loop, and
   the worker exits ("Unrecoverable error"). ``poison`` decides what is unreadable; this
   channel dead-letters it (``worker.deadletter.unreadable``) before kombu parses it.
 - Redis refuses the ``unacked`` write. A full ``noeviction`` Redis refuses writes but
-  still serves BRPOP, so the job is popped, the OOM error kills the worker, and the job
-  is gone (``tests/test_fault_redis_down.py`` catches this). Here the job is pushed back
-  to the end of the list it was popped from. While Redis refuses even that push, the job
-  is held in memory and this worker pops nothing more.
+  still serves BRPOP, so kombu's job was popped, the OOM error killed the worker, and the
+  job was gone (``tests/test_fault_redis_down.py`` catches this). Here a full Redis
+  refuses the take itself (a move is a write), and the worker waits a second before the
+  next try; a job taken just before Redis filled up goes back to the end of the list it
+  came from. While Redis refuses even that, it stays in the taking list and this worker
+  takes nothing more.
 - ``reject(requeue=True)``, which ``worker.tasks`` uses when Redis fails mid-delivery,
   raises when Redis also refuses the requeue. The message is still safe in ``unacked``,
   because the requeue is one transaction. But kombu then never frees the local prefetch
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import logging
 from queue import Empty
+from time import monotonic
 from typing import Any
 
 import kombu.transport
@@ -47,12 +52,20 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
 from worker.bounded_json import kept_raw
-from worker.celery_ext import ownership
+from worker.celery_ext import ownership, taking
 from worker.celery_ext.poison import envelope_problem, envelope_task_id
 from worker.clock import RedisClock
 from worker.deadletter.unreadable import park_raw
 from worker.escaping import log_field, visible
-from worker.keys import TAKEN_BY, UNACKED, UNACKED_INDEX, UNACKED_MUTEX, consumer_taken_key
+from worker.keys import (
+    DELIVERY_QUEUE,
+    TAKEN_BY,
+    UNACKED,
+    UNACKED_INDEX,
+    UNACKED_MUTEX,
+    consumer_taken_key,
+    consumer_taking_key,
+)
 
 log = logging.getLogger("snackvideo.transport")
 
@@ -61,9 +74,27 @@ SENTINEL_TRANSPORT_PATH = "worker.celery_ext.transport:SafeSentinelTransport"
 #: How much of a popped message that could not be returned the CRITICAL line shows.
 LOST_MESSAGE_LOG_CHARS = 500
 
-#: Popped items that are in no Redis key yet: (queue, raw item). Kept per process, not per
-#: channel, because a reconnect replaces the channel and the next one must return them.
-_UNRECORDED: list[tuple[str, bytes]] = []
+#: How long the take pauses after Redis refused it (a full noeviction Redis refuses moves).
+TAKE_REFUSED_PAUSE_SECONDS = 1.0
+
+
+class Held:
+    """A taken job that did not reach ``unacked`` and must go back to its list first.
+
+    ``taking_key`` is the taking list that still holds it, so it is safe in Redis even if
+    this process dies (the sweep of its consumer hands it back); None for a job kombu's
+    own BRPOP popped (a channel consuming without acks), which lives only here.
+    """
+
+    def __init__(self, taking_key: str | None, source_key: str, item: bytes) -> None:
+        self.taking_key = taking_key
+        self.source_key = source_key
+        self.item = item
+
+
+#: Held jobs, per process, not per channel: a reconnect replaces the channel and the next
+#: one must return them.
+_HELD: list[Held] = []
 
 
 class SafeQoS(kombu_redis.QoS):
@@ -114,7 +145,11 @@ class SafeQoS(kombu_redis.QoS):
             pipe.hset(self.unacked_key, delivery_tag, entry)
             pipe.hset(TAKEN_BY, delivery_tag, owner)
             pipe.sadd(consumer_taken_key(owner), delivery_tag)
+            in_taking = self.channel.being_taken
+            if in_taking is not None:  # out of the taking list in the same step
+                pipe.lrem(in_taking.taking_key, 1, in_taking.item)
             pipe.execute()
+            self.channel.being_taken = None
             virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
 
     def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
@@ -256,18 +291,24 @@ class SafeQoS(kombu_redis.QoS):
     def _restore_consumer(
         self, client: Any, incarnation: str, dead_after: float, *, retired: bool
     ) -> None:
+        # First what it had popped but not recorded (it never ran: back unchanged), then
+        # what it held in unacked (marked redelivered, as kombu restores).
+        handed_back = taking.hand_back_all(client, incarnation, self.channel.source_key_of)
         tags = client.smembers(consumer_taken_key(incarnation))
         restored = sum(self._restore(tag, client, owner=incarnation) for tag in tags)
         if ownership.forget(client, incarnation, dead_after, retired) and retired:
             ownership.INCARNATIONS.forget_retired(incarnation)
-        if restored:
+        if restored or handed_back:
             log.warning(
-                "restored %d message(s) held by consumer %s (%s)",
-                restored,
+                "restored %d message(s) held by consumer %s (%s)%s",
+                restored + handed_back,
                 incarnation,
                 "retired: its channel closed or was replaced"
                 if retired
                 else f"no heartbeat for {dead_after:g}s",
+                f"; {handed_back} of them taken but not yet recorded, back unchanged"
+                if handed_back
+                else "",
             )
 
     # -- kombu's ack emulation, guarded -----------------------------------------------
@@ -338,14 +379,27 @@ class SafeChannel(kombu_redis.Channel):
     #: writes kombu's and this project's keys, which an operator's read-only Redis user
     #: may not (deploy/redis/acl.conf).
     restores_messages: bool = True
+    #: The list the take blocks on (``taking``); the channel's other lists are looked at
+    #: without blocking, at least once per ``brpop_timeout``.
+    blocking_queue: str = DELIVERY_QUEUE
 
     from_transport_options = kombu_redis.Channel.from_transport_options + (  # type: ignore[assignment]
         "consumer_heartbeat_seconds",
         "consumer_dead_after_seconds",
         "restores_messages",
+        "blocking_queue",
     )
 
     qos: SafeQoS
+
+    #: The taken job being recorded now (QoS.append removes it from the taking list).
+    being_taken: Held | None = None
+    #: What the command in flight is: ("move", its list) for BRPOPLPUSH, ("any", "") for
+    #: take_any.lua, None for kombu's own BRPOP.
+    _take: tuple[str, str] | None = None
+    _took_any_at: float = 0.0
+    _take_paused_until: float = 0.0
+    _take_refused: bool = False
 
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         if not no_ack:
@@ -354,22 +408,151 @@ class SafeChannel(kombu_redis.Channel):
             self.qos.start_owning()
         return super().basic_consume(queue, no_ack, *args, **kwargs)  # type: ignore[no-untyped-call]
 
+    # -- the take ----------------------------------------------------------------------
+
+    @property
+    def taking_key(self) -> str | None:
+        """This consumer's taking list; None while it consumes without acks (then kombu's
+        BRPOP takes: nothing restores such a message anyway)."""
+        incarnation = self.qos.incarnation
+        return consumer_taking_key(incarnation) if incarnation else None
+
     def _brpop_start(self, timeout: Any = None) -> None:
-        if _UNRECORDED and not return_unrecorded(self):
-            # Pop nothing more while popped jobs are not back in Redis. The event loop
-            # calls this again on its next tick.
+        if _HELD and not return_held(self):
+            # Take nothing more while taken jobs are not back on their lists. The event
+            # loop calls this again on its next tick.
             return
-        super()._brpop_start(timeout)  # type: ignore[no-untyped-call]
+        taking_key = self.taking_key
+        if taking_key is None or self.global_keyprefix:
+            self._take = None
+            super()._brpop_start(timeout)  # type: ignore[no-untyped-call]
+            return
+        if monotonic() < self._take_paused_until:
+            return
+        keys = self._take_keys()
+        if not keys:
+            return
+        if timeout is None:
+            timeout = self.brpop_timeout
+        now = monotonic()
+        blocking_key = self.blocking_queue if self.blocking_queue in keys else keys[0]
+        if len(keys) > 1 and now - self._took_any_at >= (self.brpop_timeout or 1):
+            self._took_any_at = now
+            # The other lists first: the blocking move serves its own list all the rest
+            # of the time (kombu instead rotates the order of one BRPOP after each take).
+            others = [key for key in keys if key != blocking_key]
+            command: list[Any] = [
+                "EVAL",
+                taking.take_any_source(),
+                len(keys) + 1,
+                taking_key,
+                *others,
+                blocking_key,
+            ]
+            self._take = ("any", "")
+        else:
+            command = ["BRPOPLPUSH", blocking_key, taking_key, timeout or 0]
+            self._take = ("move", blocking_key)
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()  # type: ignore[assignment]
+        self.client.connection.send_command(*command)
+
+    def _take_keys(self) -> list[str]:
+        """The lists this channel consumes, in kombu's order (priority, then queue)."""
+        return [
+            self._q_for_pri(queue, pri)  # type: ignore[no-untyped-call]
+            for pri in self.priority_steps
+            for queue in self.active_queues
+        ]
 
     def _brpop_read(self, **options: Any) -> bool:
-        # kombu 5.7's Channel._brpop_read, line for line, except for the two marked steps.
-        # Keep it in step with kombu: tests/test_fault_poison.py fails when kombu's
-        # version of this method changes.
+        if self._take is None:
+            return self._kombu_brpop_read(**options)
+        (how, blocking_key), self._take = self._take, None
         try:
             try:
-                dest__item = self.client.parse_response(
-                    self.client.connection, "BRPOP", **options
+                reply = self.client.parse_response(
+                    self.client.connection, "BRPOPLPUSH" if how == "move" else "EVAL", **options
                 )
+            except self.connection_errors:
+                # As kombu: the next iteration reconnects.
+                self.client.connection.disconnect()
+                raise
+            except redis.ResponseError as exc:
+                self._refused_take(exc)
+                raise Empty() from exc
+            if self._take_refused:
+                log.info("Redis takes jobs again")
+                self._take_refused = False
+            source, item = (blocking_key, reply) if how == "move" else (reply or (None, None))
+            if not item:
+                raise Empty()
+            source = bytes_to_str(source)  # type: ignore[no-untyped-call]
+            queue = source.rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(queue)
+            self._take_one(queue, source, item)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]
+            self._flush_brpop_reauth()  # type: ignore[no-untyped-call]
+
+    def _refused_take(self, exc: redis.ResponseError) -> None:
+        # A full noeviction Redis refuses the move (OOM); a NOPERM means the ACL lacks a
+        # command. Either way nothing was taken; try again in a second, not in a spin.
+        self._take_paused_until = monotonic() + TAKE_REFUSED_PAUSE_SECONDS
+        if not self._take_refused:
+            log.warning(
+                "Redis refused to hand out a job (%s); trying again every %gs",
+                exc,
+                TAKE_REFUSED_PAUSE_SECONDS,
+            )
+            self._take_refused = True
+
+    def _take_one(self, queue: str, source: str, item: bytes) -> None:
+        """Hand a job, now in this consumer's taking list, to kombu; a poison item to the
+        dead-letter queue."""
+        held = Held(self.taking_key, source, item)
+        payload = self._readable(held, queue)
+        if payload is None:
+            return
+        self.being_taken = held
+        try:
+            self._deliver_recorded(payload, held)
+        finally:
+            if self.being_taken is not None and not _is_held(held):
+                # Delivered without QoS.append (a consumer without acks): nothing will
+                # restore it, so it leaves the taking list here.
+                self._forget_taken(held)
+            self.being_taken = None
+
+    def _forget_taken(self, held: Held) -> None:
+        if held.taking_key is None:
+            return
+        try:
+            with self.conn_or_acquire() as client:
+                client.lrem(held.taking_key, 1, held.item)
+        except redis.RedisError as exc:
+            # It stays in the taking list: the sweep of this consumer hands it back when
+            # the consumer is gone, and the job's delivered-marker stops a second send.
+            log.warning("could not clear a taken job from %s: %s", held.taking_key, exc)
+
+    def source_key_of(self, item: bytes) -> str:
+        """The list a taken item came from: where a sweep hands it back."""
+        routing = taking.routing_of(item)
+        if routing is None:
+            return self.blocking_queue  # unreadable: that list's consumer dead-letters it
+        exchange, routing_key, priority = routing
+        queues = self._lookup(exchange, routing_key, default=self.blocking_queue)  # type: ignore[no-untyped-call]
+        return str(self._q_for_pri(queues[0], priority))  # type: ignore[no-untyped-call]
+
+    def _kombu_brpop_read(self, **options: Any) -> bool:
+        # kombu 5.7's Channel._brpop_read, line for line, except for the two marked steps.
+        # Keep it in step with kombu: tests/test_fault_poison.py fails when kombu's
+        # version of this method changes. Used only while the channel consumes without
+        # acks (the take above is in one step).
+        try:
+            try:
+                dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
             except self.connection_errors:
                 # if there's a ConnectionError, disconnect so the next
                 # iteration will reconnect automatically.
@@ -379,9 +562,10 @@ class SafeChannel(kombu_redis.Channel):
                 dest, item = dest__item
                 dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]  # type: ignore[no-untyped-call]
                 self._queue_cycle.rotate(dest)
-                payload = self._readable(item, dest)  # changed: poison is dead-lettered
+                held = Held(None, dest, item)
+                payload = self._readable(held, dest)  # changed: poison is dead-lettered
                 if payload is not None:
-                    self._deliver_recorded(payload, dest, item)  # changed: see below
+                    self._deliver_recorded(payload, held)  # changed: see below
                 return True
             else:
                 raise Empty()
@@ -389,8 +573,9 @@ class SafeChannel(kombu_redis.Channel):
             self._in_poll = None  # type: ignore[assignment]
             self._flush_brpop_reauth()  # type: ignore[no-untyped-call]
 
-    def _readable(self, item: bytes, queue: str) -> Any:
+    def _readable(self, held: Held, queue: str) -> Any:
         """The parsed item, or None once an unreadable one has been dead-lettered."""
+        item = held.item
         problem: str | None
         try:
             payload = loads(bytes_to_str(item))  # type: ignore[no-untyped-call]
@@ -406,16 +591,19 @@ class SafeChannel(kombu_redis.Channel):
         try:
             park_raw(item, problem, job_id=envelope_task_id(payload), queue=queue)
         except redis.RedisError as exc:
-            hold_unrecorded(self, queue, item, exc)
+            hold(self, held, exc)
+        else:
+            self._forget_taken(held)
         return None
 
-    def _deliver_recorded(self, payload: Any, queue: str, item: bytes) -> None:
-        """Hand the message to kombu; if Redis refused to record it, keep the job."""
+    def _deliver_recorded(self, payload: Any, held: Held) -> None:
+        """Hand the message to kombu; if Redis refused to record it, put the job back."""
+        queue = held.source_key.rsplit(self.sep, 1)[0]
         try:
             self.connection._deliver(payload, queue)
         except redis.RedisError as exc:
             if not self._recorded(payload):
-                hold_unrecorded(self, queue, item, exc)
+                hold(self, held, exc)
             else:
                 log.warning(
                     "Redis error after a message was recorded as in flight (%s); if it "
@@ -437,13 +625,21 @@ class SafeChannel(kombu_redis.Channel):
             return False  # unknown: holding a copy risks a duplicate, not a loss
 
     def close(self) -> None:
-        if _UNRECORDED and not return_unrecorded(self):
-            for queue, item in _UNRECORDED:
+        if _HELD and not return_held(self):
+            for held in _HELD:
+                if held.taking_key is not None:
+                    log.warning(
+                        "taken job not back on %s yet; it stays in %s, and the sweep of "
+                        "this consumer hands it back",
+                        log_field(held.source_key),
+                        held.taking_key,
+                    )
+                    continue
                 log.critical(
                     "popped message not back in Redis (queue %s); it is lost if this "
                     "process exits: %s",
-                    log_field(queue),
-                    visible(kept_raw(item, LOST_MESSAGE_LOG_CHARS)["raw"]),
+                    log_field(held.source_key),
+                    visible(kept_raw(held.item, LOST_MESSAGE_LOG_CHARS)["raw"]),
                 )
         super().close()  # type: ignore[no-untyped-call]
 
@@ -468,32 +664,38 @@ class SafeSentinelTransport(kombu_redis.SentinelTransport):
     Channel = SafeSentinelChannel
 
 
-def hold_unrecorded(channel: SafeChannel, queue: str, item: bytes, cause: Exception) -> None:
-    """Keep a popped job that is in no Redis key, and try to give it back at once."""
+def _is_held(held: Held) -> bool:
+    return any(one is held for one in _HELD)
+
+
+def hold(channel: SafeChannel, held: Held, cause: Exception) -> None:
+    """Keep a taken job that did not reach ``unacked``, and try to put it back at once."""
     log.error(
-        "Redis refused to record a popped message (%s); holding it and pausing consumption "
-        "until it is back on %s",
+        "Redis refused to record a taken message (%s); pausing consumption until it is back on %s",
         cause,
-        queue,
+        held.source_key,
     )
-    _UNRECORDED.append((queue, item))
-    return_unrecorded(channel)
+    _HELD.append(held)
+    return_held(channel)
 
 
-def return_unrecorded(channel: SafeChannel) -> bool:
-    """Push held jobs back to the end of the list they came from; True once none is held.
+def return_held(channel: SafeChannel) -> bool:
+    """Put held jobs back at the end of the list they came from; True once none is held.
 
-    RPUSH, because kombu pops from the right: the job is taken next, as if never popped.
+    The end kombu pops from: the job is taken next, as if never taken.
     """
-    while _UNRECORDED:
-        queue, item = _UNRECORDED[0]
+    while _HELD:
+        held = _HELD[0]
         try:
             with channel.conn_or_acquire() as client:
-                client.rpush(queue, item)
+                if held.taking_key is None:
+                    client.rpush(held.source_key, held.item)
+                else:
+                    taking.hand_back(client, held.taking_key, held.source_key, held.item)
         except redis.RedisError:
             return False
-        _UNRECORDED.pop(0)
-        log.warning("popped message returned to %s", queue)
+        _HELD.pop(0)
+        log.warning("taken message returned to %s", held.source_key)
     return True
 
 
