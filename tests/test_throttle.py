@@ -182,17 +182,49 @@ def test_whole_second_resets_are_narrowed_by_the_learned_window(
     assert field(redis_client, "reset_at") == pytest.approx(T0 + 2)  # 0.695 s late
     for left in range(23, 2, -1):  # the window's other answers
         throttle.record(SCOPE, 204, headers(25, left, int(T0) + 2), now=t0 + 0.5)
-    # The first request after the true end opens the next window: now we know its length
-    # is at most (answer of the new one) - (send of the old one's first) = 1.03 s.
+    # The first request after the true end opens the next window (it ends at t0 + 2.025).
+    # The first window teaches no length: it may have begun before our first request, on
+    # a server whose windows run on its clock.
     assert throttle.acquire(SCOPE, now=t0 + 1.02) == 0.0
     throttle.record(SCOPE, 204, headers(25, 24, int(T0) + 3), now=t0 + 1.03)
-    assert field(redis_client, "window_bound") == pytest.approx(1.03)
-    true_reset = t0 + 1.025 + 1
+    # This one we saw begin, 0.52 s after a request the first one answered for: its
+    # length is at most (its reset) - (its first request's send) = 1.68 s.
+    assert field(redis_client, "window_bound") == pytest.approx(1.68)
+    assert field(redis_client, "reset_at") == pytest.approx(T0 + 3)  # 0.675 s late
+    for left in range(23, 2, -1):
+        throttle.record(SCOPE, 204, headers(25, left, int(T0) + 3), now=t0 + 1.5)
+    # The next rollover: that window was no longer than (answer of the new one) - (send
+    # of the old one's first) = 1.02 s, and the new one ends by its first answer + 1.02.
+    assert throttle.acquire(SCOPE, now=t0 + 2.03) == 0.0
+    throttle.record(SCOPE, 204, headers(25, 24, int(T0) + 4), now=t0 + 2.04)
+    assert field(redis_client, "window_bound") == pytest.approx(1.02)
+    true_reset = t0 + 2.035 + 1
     reset_at = field(redis_client, "reset_at")
-    assert reset_at is not None and true_reset <= reset_at == pytest.approx(t0 + 2.06)
+    assert reset_at is not None and true_reset <= reset_at == pytest.approx(t0 + 3.06)
     # A 429 says the model let a request through too early: forget what was learned.
-    throttle.record(SCOPE, 429, headers(25, 0, int(T0) + 3), now=t0 + 1.5)
+    throttle.record(SCOPE, 429, headers(25, 0, int(T0) + 4), now=t0 + 2.5)
     assert field(redis_client, "window_bound") is None
+
+
+def test_the_first_window_teaches_no_length_on_a_clock_aligned_server(
+    throttle: Throttle, redis_client: redis.Redis
+) -> None:
+    """Windows on whole seconds of the server's clock, epoch-second resets (exact there):
+    the backlog arrives 0.6 s into a window. Taking that window's `reset - first send`
+    (0.4 s) as its length refilled the next window 0.6 s early: a 429 in every bench run."""
+    t0 = T0 + 0.6
+    assert throttle.acquire(SCOPE, now=t0) == 0.0
+    throttle.record(SCOPE, 204, headers(25, 24, int(T0) + 1), now=t0 + 0.01)
+    for left in range(23, -1, -1):
+        throttle.record(SCOPE, 204, headers(25, left, int(T0) + 1), now=t0 + 0.3)
+    # The next window opens on the server's clock at T0 + 1; ours left at T0 + 1.001.
+    assert throttle.acquire(SCOPE, now=T0 + 1.001) == 0.0
+    throttle.record(SCOPE, 204, headers(25, 24, int(T0) + 2), now=T0 + 1.011)
+    reset_at = field(redis_client, "reset_at")
+    assert reset_at is not None and reset_at >= T0 + 2  # the true end, not T0 + 1.41
+    # What this window teaches is off by our own lag behind its start at most (1 ms here),
+    # not by where in the first window the backlog arrived.
+    assert (field(redis_client, "window_bound") or 1.0) >= 0.999
 
 
 # -- 429 -----------------------------------------------------------------------------------

@@ -51,6 +51,14 @@ local count_seen, count_seen_at = num('count_seen'), num('count_seen_at')
 -- A reset sent as delta seconds says nothing of when the window began (rounded up, it
 -- is `1` all through a 1 s window), so neither: only the rollover teaches the phase then.
 local own_phase = s['foreign_phase'] ~= '1' and ARGV[20] ~= '1'
+-- Even then, only of a window we saw begin: sent soon after a request the window before
+-- answered for (`after`, its rollover_after). The first window a state tracks, or the first
+-- after an idle spell, may have begun long before our request on a server whose windows run
+-- on its clock: taking its `reset - sent` as the window's length cost a 429 at the next
+-- window (the whole-second clock windows with epoch-second resets, in every bench run).
+local function opened_after(sent, after)
+  return after ~= nil and sent - after < math.max(window_bound or 0, window_s or 0, fallback_window)
+end
 local blocked_until = num('blocked_until')
 local provisional = s['provisional'] == '1'
 
@@ -88,9 +96,12 @@ if new_window then
     -- A window is no longer than that, whether the server starts one at the first request
     -- after the last (INCR + EXPIRE) or on its own clock: the rollover is the server's phase.
     -- On a server of the first kind, the window began no earlier than the request that
-    -- opened it (`opened`), a tighter bound.
+    -- opened it (`opened`), a tighter bound, if we saw that window open (`opened_after`).
     local after = rollover_after
-    if own_phase and opened and (not after or opened > after) then after = opened end
+    if own_phase and opened and opened_after(opened, rollover_after)
+        and (not after or opened > after) then
+      after = opened
+    end
     if after then
       local bound = now - after
       if not window_bound or bound < window_bound then window_bound = bound end
@@ -144,7 +155,7 @@ if limit and h_remaining == limit - 1 and reset_hint and not opened
     and (new_window or acquired_at >= started) then
   opened = acquired_at
   window_s = h_reset_in
-  if own_phase then
+  if own_phase and opened_after(acquired_at, rollover_after) then
     -- The window began no earlier than this request left and ends no later than the
     -- announced reset: its length is at most the difference.
     local bound = reset_hint - acquired_at
