@@ -56,6 +56,9 @@ local own_phase = s['foreign_phase'] ~= '1' and ARGV[20] ~= '1'
 -- after an idle spell, may have begun long before our request on a server whose windows run
 -- on its clock: taking its `reset - sent` as the window's length cost a 429 at the next
 -- window (the whole-second clock windows with epoch-second resets, in every bench run).
+-- A rollover seen this long before the tracked reset is not clock skew between us and
+-- the server (Redis TIME against the server's clock; NTP keeps them closer).
+local EARLY_ROLLOVER_SECONDS = 0.25
 local function opened_after(sent, after)
   return after ~= nil and sent - after < math.max(window_bound or 0, window_s or 0, fallback_window)
 end
@@ -96,9 +99,14 @@ if new_window then
     -- A window is no longer than that, whether the server starts one at the first request
     -- after the last (INCR + EXPIRE) or on its own clock: the rollover is the server's phase.
     -- On a server of the first kind, the window began no earlier than the request that
-    -- opened it (`opened`), a tighter bound, if we saw that window open (`opened_after`).
+    -- opened it (`opened`), a tighter bound, if we saw that window open (`opened_after`),
+    -- or if it ended well before the reset it announced: its reset was rounded, so its
+    -- windows do not run on the whole seconds the reset is written in, and the window
+    -- was not one of those joined half-way (the first window: the cold start's costly
+    -- case, a reset up to a second late).
+    local ended_early = now < reset_at - EARLY_ROLLOVER_SECONDS
     local after = rollover_after
-    if own_phase and opened and opened_after(opened, rollover_after)
+    if own_phase and opened and (opened_after(opened, rollover_after) or ended_early)
         and (not after or opened > after) then
       after = opened
     end
