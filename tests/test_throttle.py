@@ -219,6 +219,29 @@ def test_the_first_window_teaches_no_length_on_a_clock_aligned_server(
     assert (field(redis_client, "window_bound") or 1.0) >= 0.999
 
 
+def test_an_answer_sent_before_the_window_began_is_no_rollover(
+    make_throttle: Callable[..., Throttle], redis_client: redis.Redis
+) -> None:
+    """A request sent just before the tracked window began can land first in it (24 left)
+    and be answered after later ones (23, 22): latencies differ. Its higher count is no
+    new window; taken as one, it taught a window of 0.05 s and the next refill came early."""
+    first, late, opener, next_one = (make_throttle() for _ in range(4))
+    assert first.acquire(SCOPE, now=T0) == 0.0
+    first.record(SCOPE, 204, headers(25, 24, 1), now=T0 + 0.01)
+    for left in range(23, 0, -1):
+        first.record(SCOPE, 204, headers(25, left, 1), now=T0 + 0.5)
+    assert late.acquire(SCOPE, now=T0 + 0.99) == 0.0  # the last unit; it lands after T0 + 1
+    assert opener.acquire(SCOPE, now=T0 + 1.02) == 0.0  # the tracked reset passed: refilled
+    opener.record(SCOPE, 204, headers(25, 23, 1), now=T0 + 1.03)
+    assert next_one.acquire(SCOPE, now=T0 + 1.07) == 0.0
+    next_one.record(SCOPE, 204, headers(25, 22, 1), now=T0 + 1.08)
+    reset_at = field(redis_client, "reset_at")
+    late.record(SCOPE, 204, headers(25, 24, 1), now=T0 + 1.10)
+    assert field(redis_client, "window_bound") is None
+    assert field(redis_client, "remaining") == 21  # counted against the window, not believed
+    assert field(redis_client, "reset_at") == reset_at
+
+
 # -- 429 -----------------------------------------------------------------------------------
 
 

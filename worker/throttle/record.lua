@@ -81,7 +81,12 @@ local new_window = false
 if informative then
   if not tracked then
     new_window = true
-  elseif h_remaining and h_remaining - remaining > in_flight_before then
+  elseif h_remaining and acquired_at >= started and h_remaining - remaining > in_flight_before then
+    -- Only of a request sent since the tracked window began: one sent before it may have
+    -- landed first in that same window and be answered after the later ones (latencies
+    -- differ). Its higher count is then no rollover, and taking it as one learned a
+    -- window of 0.05 s from it: the next refill came early, a 429 (delta-second resets,
+    -- clock windows, 3-80 ms latencies in bench.throttle_windows).
     new_window = true
   elseif h_remaining and count_seen and count_seen_at and acquired_at >= count_seen_at
       and h_remaining >= count_seen then
