@@ -131,8 +131,10 @@ def worker_env(redis_url: str, base_url: str, **overrides: str) -> dict[str, str
     """The worker's environment: the sandbox as Scalev, no throttle cap, no metrics port."""
     # Unthrottled runs: the sandbox sends no rate-limit headers, so the budget would
     # otherwise stay at the 10/s used before any header is seen.
+    # A caller's own SNACKVIDEO_DEFAULT_RATE (bench.throttle: the shipped 10/s) wins;
+    # passing both as keywords was a TypeError.
     return harness_worker_env(
-        redis_url, base_url, stores=STORES, SNACKVIDEO_DEFAULT_RATE="1000000", **overrides
+        redis_url, base_url, stores=STORES, **{"SNACKVIDEO_DEFAULT_RATE": "1000000", **overrides}
     )
 
 

@@ -22,7 +22,9 @@ Measured on the sandbox's own clock and counters:
   bursts each window at its start with more than the limit.) Windows count every
   request, 429s included, as the sandbox does.
 
-Targets (the throttle issue): <= 0.5 % of requests answered 429, >= 95 % of the limit used.
+Targets (the throttle issue): <= 0.5 % of requests answered 429, >= 97 % of the limit used,
+in 10 of 10 runs. The table also gives the limit used after the first window (the cold
+start left out: the state is cleared before every run); *runs on target* counts whole runs.
 
     python -m bench.throttle [--limits 25/1,100/10] [--styles seconds,epoch,epoch-ms]
                              [--windows 12,3] [--modes throttle,baseline] [--no-docs]
@@ -82,6 +84,9 @@ class Result:
     rejected: int
     goodput: float
     seconds: float
+    #: goodput without the first window: the cold start (the throttle knows nothing of the
+    #: window yet; the bench clears its state before every run) left out
+    warm_goodput: float | None = None
 
     @property
     def share_429(self) -> float:
@@ -133,6 +138,7 @@ def measure(
         # the last one, it counts for the share of its budget the backlog could use.
         occupied -= window * (1 - min(1.0, windows[0]["count"] / limit))
     return Result(
+        warm_goodput=_warm_goodput(windows, limit, window, accepted),
         mode=mode,
         limit=limit_spec,
         style=style,
@@ -144,6 +150,18 @@ def measure(
         goodput=accepted / (limit * occupied / window),
         seconds=seconds,
     )
+
+
+def _warm_goodput(
+    windows: Sequence[dict[str, float]], limit: int, window: float, accepted: int
+) -> float | None:
+    """Goodput from the opening of the second window on, as ``measure`` counts it: the first
+    window (and what it accepted) left out."""
+    if len(windows) < 3:
+        return None
+    last_share = min(1.0, windows[-1]["count"] / limit)
+    occupied = windows[-1]["start"] - windows[1]["start"] + window * last_share
+    return (accepted - min(int(windows[0]["count"]), limit)) / (limit * occupied / window)
 
 
 def start_nodes(redis: RedisServer, sandbox: Sandbox, mode: str) -> list[Worker]:
@@ -232,7 +250,8 @@ def row_text(result: Result) -> str:
     return (
         f"{result.mode:<9} {result.limit:>6} {result.alignment:<13} {result.style:<8} "
         f"delivered {result.accepted}/{result.n}  requests {result.requests}  "
-        f"429 {result.share_429:6.2%}  goodput {result.goodput:6.1%}  ({result.seconds:.1f} s)"
+        f"429 {result.share_429:6.2%}  goodput {result.goodput:6.1%}  "
+        f"after the first window {result.warm_goodput or 0.0:6.1%}  ({result.seconds:.1f} s)"
     )
 
 
@@ -263,6 +282,7 @@ def spread_table(results: Sequence[Result]) -> str:
                 f"{sum(r.accepted for r in group)}/{sum(r.n for r in group)}",
                 _spread([r.share_429 for r in group], ".2%"),
                 _spread([r.goodput for r in group], ".1%"),
+                _spread([r.warm_goodput or 0.0 for r in group], ".1%"),
                 _spread([r.seconds for r in group], ".1f"),
                 f"{met}/{len(group)}",
             ]
@@ -270,7 +290,8 @@ def spread_table(results: Sequence[Result]) -> str:
     return table(
         ["limit", "windows", "Reset", "client", "runs", "delivered",
          "429 share min / median / max", "limit used min / median / max",
-         "seconds min / median / max", "runs on target"],
+         "after the first window min / median / max", "seconds min / median / max",
+         "runs on target"],
         rows,
     )  # fmt: skip
 

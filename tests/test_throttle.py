@@ -183,7 +183,10 @@ def test_whole_second_resets_are_narrowed_by_the_learned_window(
     for left in range(23, 2, -1):  # the window's other answers
         throttle.record(SCOPE, 204, headers(25, left, int(T0) + 2), now=t0 + 0.5)
     # The first request after the true end opens the next window: now we know its length
-    # is at most (answer of the new one) - (send of the old one's first) = 1.03 s.
+    # is at most (answer of the new one) - (send of the old one's first) = 1.03 s. (The
+    # first window a state sees teaches this only because it ended 0.67 s before the
+    # reset it announced: not a window on the whole seconds of the server's clock, which
+    # the backlog may have joined half-way; see the next test.)
     assert throttle.acquire(SCOPE, now=t0 + 1.02) == 0.0
     throttle.record(SCOPE, 204, headers(25, 24, int(T0) + 3), now=t0 + 1.03)
     assert field(redis_client, "window_bound") == pytest.approx(1.03)
@@ -193,6 +196,50 @@ def test_whole_second_resets_are_narrowed_by_the_learned_window(
     # A 429 says the model let a request through too early: forget what was learned.
     throttle.record(SCOPE, 429, headers(25, 0, int(T0) + 3), now=t0 + 1.5)
     assert field(redis_client, "window_bound") is None
+
+
+def test_the_first_window_teaches_no_length_on_a_clock_aligned_server(
+    throttle: Throttle, redis_client: redis.Redis
+) -> None:
+    """Windows on whole seconds of the server's clock, epoch-second resets (exact there):
+    the backlog arrives 0.6 s into a window. Taking that window's `reset - first send`
+    (0.4 s) as its length refilled the next window 0.6 s early: a 429 in every bench run."""
+    t0 = T0 + 0.6
+    assert throttle.acquire(SCOPE, now=t0) == 0.0
+    throttle.record(SCOPE, 204, headers(25, 24, int(T0) + 1), now=t0 + 0.01)
+    for left in range(23, -1, -1):
+        throttle.record(SCOPE, 204, headers(25, left, int(T0) + 1), now=t0 + 0.3)
+    # The next window opens on the server's clock at T0 + 1; ours left at T0 + 1.001.
+    assert throttle.acquire(SCOPE, now=T0 + 1.001) == 0.0
+    throttle.record(SCOPE, 204, headers(25, 24, int(T0) + 2), now=T0 + 1.011)
+    reset_at = field(redis_client, "reset_at")
+    assert reset_at is not None and reset_at >= T0 + 2  # the true end, not T0 + 1.41
+    # What this window teaches is off by our own lag behind its start at most (1 ms here),
+    # not by where in the first window the backlog arrived.
+    assert (field(redis_client, "window_bound") or 1.0) >= 0.999
+
+
+def test_an_answer_sent_before_the_window_began_is_no_rollover(
+    make_throttle: Callable[..., Throttle], redis_client: redis.Redis
+) -> None:
+    """A request sent just before the tracked window began can land first in it (24 left)
+    and be answered after later ones (23, 22): latencies differ. Its higher count is no
+    new window; taken as one, it taught a window of 0.05 s and the next refill came early."""
+    first, late, opener, next_one = (make_throttle() for _ in range(4))
+    assert first.acquire(SCOPE, now=T0) == 0.0
+    first.record(SCOPE, 204, headers(25, 24, 1), now=T0 + 0.01)
+    for left in range(23, 0, -1):
+        first.record(SCOPE, 204, headers(25, left, 1), now=T0 + 0.5)
+    assert late.acquire(SCOPE, now=T0 + 0.99) == 0.0  # the last unit; it lands after T0 + 1
+    assert opener.acquire(SCOPE, now=T0 + 1.02) == 0.0  # the tracked reset passed: refilled
+    opener.record(SCOPE, 204, headers(25, 23, 1), now=T0 + 1.03)
+    assert next_one.acquire(SCOPE, now=T0 + 1.07) == 0.0
+    next_one.record(SCOPE, 204, headers(25, 22, 1), now=T0 + 1.08)
+    reset_at = field(redis_client, "reset_at")
+    late.record(SCOPE, 204, headers(25, 24, 1), now=T0 + 1.10)
+    assert field(redis_client, "window_bound") is None
+    assert field(redis_client, "remaining") == 21  # counted against the window, not believed
+    assert field(redis_client, "reset_at") == reset_at
 
 
 # -- 429 -----------------------------------------------------------------------------------

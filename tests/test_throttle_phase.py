@@ -118,3 +118,21 @@ def test_no_request_enters_a_full_window(
     allowed = 1 if style == "epoch" and alignment == "clock" else 0
     assert server.refused <= allowed, (server.windows, server.count)
     assert server.accepted > 0
+
+
+@PROPERTY
+@given(
+    start=st.floats(0.0, 5.0),
+    latencies=st.lists(st.floats(0.001, 0.03), min_size=40, max_size=120),
+)
+def test_whole_second_clock_windows_with_epoch_second_resets_cost_no_429(
+    redis_client: redis.Redis, start: float, latencies: list[float]
+) -> None:
+    """Windows on whole seconds of the server's clock (a key per ``floor(now)``, the
+    sandbox's ``clock`` alignment): the epoch-second reset is exact there, and the backlog
+    arrives anywhere in a window. The first window a state sees teaches no length, so
+    not even the one 429 allowed above for windows on another phase."""
+    server = Server("clock", "epoch", phase=0.0)
+    drive(redis_client, server, T0 + start, latencies)
+    assert server.refused == 0, (server.windows, server.count)
+    assert server.accepted > 0

@@ -51,6 +51,17 @@ local count_seen, count_seen_at = num('count_seen'), num('count_seen_at')
 -- A reset sent as delta seconds says nothing of when the window began (rounded up, it
 -- is `1` all through a 1 s window), so neither: only the rollover teaches the phase then.
 local own_phase = s['foreign_phase'] ~= '1' and ARGV[20] ~= '1'
+-- Even then, only of a window we saw begin: sent soon after a request the window before
+-- answered for (`after`, its rollover_after). The first window a state tracks, or the first
+-- after an idle spell, may have begun long before our request on a server whose windows run
+-- on its clock: taking its `reset - sent` as the window's length cost a 429 at the next
+-- window (the whole-second clock windows with epoch-second resets, in every bench run).
+-- A rollover seen this long before the tracked reset is not clock skew between us and
+-- the server (Redis TIME against the server's clock; NTP keeps them closer).
+local EARLY_ROLLOVER_SECONDS = 0.25
+local function opened_after(sent, after)
+  return after ~= nil and sent - after < math.max(window_bound or 0, window_s or 0, fallback_window)
+end
 local blocked_until = num('blocked_until')
 local provisional = s['provisional'] == '1'
 
@@ -70,7 +81,12 @@ local new_window = false
 if informative then
   if not tracked then
     new_window = true
-  elseif h_remaining and h_remaining - remaining > in_flight_before then
+  elseif h_remaining and acquired_at >= started and h_remaining - remaining > in_flight_before then
+    -- Only of a request sent since the tracked window began: one sent before it may have
+    -- landed first in that same window and be answered after the later ones (latencies
+    -- differ). Its higher count is then no rollover, and taking it as one learned a
+    -- window of 0.05 s from it: the next refill came early, a 429 (delta-second resets,
+    -- clock windows, 3-80 ms latencies in bench.throttle_windows).
     new_window = true
   elseif h_remaining and count_seen and count_seen_at and acquired_at >= count_seen_at
       and h_remaining >= count_seen then
@@ -88,9 +104,17 @@ if new_window then
     -- A window is no longer than that, whether the server starts one at the first request
     -- after the last (INCR + EXPIRE) or on its own clock: the rollover is the server's phase.
     -- On a server of the first kind, the window began no earlier than the request that
-    -- opened it (`opened`), a tighter bound.
+    -- opened it (`opened`), a tighter bound, if we saw that window open (`opened_after`),
+    -- or if it ended well before the reset it announced: its reset was rounded, so its
+    -- windows do not run on the whole seconds the reset is written in, and the window
+    -- was not one of those joined half-way (the first window: the cold start's costly
+    -- case, a reset up to a second late).
+    local ended_early = now < reset_at - EARLY_ROLLOVER_SECONDS
     local after = rollover_after
-    if own_phase and opened and (not after or opened > after) then after = opened end
+    if own_phase and opened and (opened_after(opened, rollover_after) or ended_early)
+        and (not after or opened > after) then
+      after = opened
+    end
     if after then
       local bound = now - after
       if not window_bound or bound < window_bound then window_bound = bound end
@@ -144,7 +168,7 @@ if limit and h_remaining == limit - 1 and reset_hint and not opened
     and (new_window or acquired_at >= started) then
   opened = acquired_at
   window_s = h_reset_in
-  if own_phase then
+  if own_phase and opened_after(acquired_at, rollover_after) then
     -- The window began no earlier than this request left and ends no later than the
     -- announced reset: its length is at most the difference.
     local bound = reset_hint - acquired_at
