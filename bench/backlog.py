@@ -240,7 +240,7 @@ def summary(samples: Sequence[Sample], arrivals: Sequence[float], fill_: Fill, l
         f"- drain rate: {rate:.2f} events/s = **{rate / limit:.1%} of the limit** "
         f"({limit}/s) over {span:.0f} s; middle 80 %: {middle_rate(arrivals):.2f} events/s",
         f"- 429s: {last.status_429} of {last.requests:,} requests "
-        f"(**{share_429:.2%}**); accepted {len(arrivals):,} of {fill_.jobs:,}",
+        f"(**{share_429:.3%}**); accepted {len(arrivals):,} of {fill_.jobs:,}",
         f"- worker RSS (all processes): first {rss[0]:,.0f} MiB, last {rss[-1]:,.0f} MiB, "
         f"max {max(rss):,.0f} MiB",
         f"- Redis: {fill_.redis_empty / 2**20:.1f} MiB empty, "
