@@ -196,6 +196,18 @@ def one_marker_bytes(redis: RedisServer) -> int | None:
     return None
 
 
+def rate_limited_lines(workers: Sequence[Worker], most: int = 3) -> list[str]:
+    """The workers' log lines of 429 answers (``outcome=rate_limited``): when, and the wait
+    the throttle had computed, for the next run that finds one."""
+    found = [
+        line.strip()
+        for worker in workers
+        for line in worker.log().splitlines()
+        if "outcome=rate_limited" in line
+    ]
+    return found[:most]
+
+
 def thinned(samples: Sequence[Sample]) -> list[Sample]:
     """At most ``MAX_TABLE_ROWS`` evenly spaced samples, the first and the last included."""
     if len(samples) <= MAX_TABLE_ROWS:
@@ -285,6 +297,7 @@ def run(
         samples, note = drain(jobs, limit, workers, sandbox, redis, interval, windows)
         arrivals = [float(e["received_at"]) for e in sandbox.events()]
         marker = one_marker_bytes(redis)
+        limited = rate_limited_lines(workers)
     finally:
         for worker in workers:
             worker.cleanup()
@@ -293,6 +306,7 @@ def run(
     section.add(samples_table(samples, filled))
     notes = [f"sandbox windows: {windows.describe(limit)}"]
     notes += [f"`MEMORY USAGE` of one delivered-marker: {marker} bytes"] if marker else []
+    notes += [f"a worker's log of a 429: `{line}`" for line in limited]
     notes += [note] if note else []
     section.add("\n".join([summary(samples, arrivals, filled, limit), *(f"- {n}" for n in notes)]))
     section.add(
