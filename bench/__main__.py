@@ -3,7 +3,9 @@
 Sections run in order (``--only`` picks some): the sandbox's ceiling, the producer,
 the HTTP ingest service, the producer waiting for a replica, unthrottled delivery, Redis
 round trips, candidate hot-path changes, throttled delivery (``bench/throttle.py``, when it
-exists), memory, and a py-spy profile of the hot path.
+exists), memory, capacity at 150 ms of Scalev latency, a backlog drained at a 100/s limit
+(``--backlog-jobs``, 5,000 here; ``python -m bench.backlog`` runs the 100,000 of the issue),
+and a py-spy profile of the hot path.
 The full run writes ``docs/benchmarks.md``: the tables, the machine, the versions and the
 date. Hand-written analysis between the ``notes`` markers of the existing file is kept
 across runs.
@@ -32,6 +34,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bench import (
+    backlog,
+    capacity,
     delivery,
     hotpath,
     ingest,
@@ -44,6 +48,8 @@ from bench import (
 )
 from bench.common import DEFAULT_N, ROOT, Section, env_int, load_average, redis_server_binary
 
+#: The backlog section's size under ``make bench``: its full 100,000 run is a separate one.
+BACKLOG_JOBS = 5_000
 NOTES_START = "<!-- notes:start (kept when make bench rewrites this file) -->"
 NOTES_END = "<!-- notes:end -->"
 SECTIONS = (
@@ -56,6 +62,8 @@ SECTIONS = (
     "variants",
     "throttle",
     "memory",
+    "capacity",
+    "backlog",
     "hotpath",
 )
 
@@ -196,6 +204,8 @@ def run_sections(args: argparse.Namespace, chosen: list[str]) -> list[Section]:
         "variants": lambda: variants.run(min(args.n, 1_500)),
         "throttle": run_throttle,
         "memory": lambda: memory.run(min(args.n, 2_000)),
+        "capacity": capacity.run,
+        "backlog": lambda: backlog.run(jobs=args.backlog_jobs),
         "hotpath": lambda: hotpath.run(max(args.n, 4_000)),
     }
     sections = []
@@ -225,6 +235,13 @@ def main(argv: list[str] | None = None) -> int:
         help="events per run (env BENCH_N; default %(default)s)",
     )
     parser.add_argument("--concurrency", default=os.environ.get("BENCH_CONCURRENCY", "1,4,8,16"))
+    parser.add_argument(
+        "--backlog-jobs",
+        type=int,
+        default=env_int("BENCH_BACKLOG_JOBS", BACKLOG_JOBS),
+        help="jobs of the backlog section (env BENCH_BACKLOG_JOBS; default %(default)s: "
+        "50 s at 100/s; the issue's 100,000 take 17 min: python -m bench.backlog)",
+    )
     parser.add_argument("--only", default="", help=f"comma-separated subset of {SECTIONS}")
     parser.add_argument(
         "--output",

@@ -7,6 +7,7 @@ Everything runs on 127.0.0.1; nothing talks to a shared Redis or to the network.
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -44,6 +45,18 @@ BenchError = HarnessError
 def env_int(name: str, default: int) -> int:
     raw = os.environ.get(name, "")
     return int(raw) if raw.strip() else default
+
+
+def doc_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's command line, its module docstring as the help."""
+    return argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def doc_intro(doc: str | None) -> str:
+    """A module docstring without its first line and its usage line: a section's intro."""
+    return doc.split("\n\n", 1)[1].rsplit("\n\n", 1)[0] if doc else ""
 
 
 def scratch_dir(prefix: str) -> Path:

@@ -92,11 +92,11 @@ class Stack:
         self.redis.remove()
 
 
-def fill_ours(redis_url: str, n: int, run: str) -> None:
+def fill_ours(redis_url: str, n: int, run: str, batch_size: int = FILL_BATCH) -> None:
     producer = Producer(redis_url)
     try:
-        for start in range(0, n, FILL_BATCH):
-            batch = [payload(i, run) for i in range(start, min(n, start + FILL_BATCH))]
+        for start in range(0, n, batch_size):
+            batch = [payload(i, run) for i in range(start, min(n, start + batch_size))]
             producer.enqueue_many(STORE, batch)
     finally:
         producer.close()
