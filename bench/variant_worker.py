@@ -13,6 +13,9 @@ it:
   what dropping them saves, measured the other way round.
 - ``prefetch4``: ``worker_prefetch_multiplier = 4``, so the consumer is not idle between
   a task's end and the next fetch (late acks keep prefetched jobs safe: unacked).
+- ``kombu_client_per_call``: kombu's own ``conn_or_acquire`` back on the transport, a new
+  ``redis.Redis`` per ack and per ``QoS.append`` (``SafeChannel`` keeps one per pool):
+  what that cache saves, measured the other way round.
 
 The delivered/parked check and the delivered-marker ``SET`` that ``skip_preflight`` and
 ``skip_delivered_set`` used to drop are folded into the throttle's two Lua calls now
@@ -27,7 +30,7 @@ from typing import Any
 
 from celery.signals import after_setup_logger, worker_process_init
 
-KNOWN = {"events_off", "quiet_logs", "celery_task_log", "prefetch4"}
+KNOWN = {"events_off", "quiet_logs", "celery_task_log", "prefetch4", "kombu_client_per_call"}
 VARIANTS = {v.strip() for v in os.environ.get("BENCH_VARIANT", "").split(",") if v.strip()}
 PER_DELIVERY_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "snackvideo.delivery")
 
@@ -36,7 +39,10 @@ if VARIANTS - KNOWN:
 if "celery_task_log" in VARIANTS:
     os.environ["SNACKVIDEO_CELERY_TASK_LOG"] = "on"  # read once, when worker.celery_app is imported
 
+from kombu.transport import redis as kombu_redis  # noqa: E402
+
 from worker import app  # noqa: E402 (after the environment above)
+from worker.celery_ext.transport import SafeChannel  # noqa: E402
 
 __all__ = ["app"]
 
@@ -48,6 +54,8 @@ def _quiet(**_: Any) -> None:
 
 if "events_off" in VARIANTS:
     app.conf.update(worker_send_task_events=False, task_send_sent_event=False)
+if "kombu_client_per_call" in VARIANTS:
+    SafeChannel.conn_or_acquire = kombu_redis.Channel.conn_or_acquire  # type: ignore[method-assign]
 if "prefetch4" in VARIANTS:
     app.conf.worker_prefetch_multiplier = 4
 if "quiet_logs" in VARIANTS:
