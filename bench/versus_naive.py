@@ -18,7 +18,7 @@ Events/s is N over the sandbox's first to last acceptance; CPU per event is the 
 processes' CPU from the queue's return to the last event, over N. The ratio columns are
 ours ÷ naive: events/s ≥ 1.00 and CPU per event ≤ 1.00 are issue 16's targets.
 
-    python -m bench.versus_naive [--n 3000] [--concurrency 4,8,16] [--rounds 1]
+    python -m bench.versus_naive [--n 3000] [--concurrency 4,8,16] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def measure(stack: Stack, runner: str, condition: str, concurrency: int, n: int)
 def run(
     n: int = 3_000,
     concurrencies: Sequence[int] = DEFAULT_CONCURRENCY,
-    rounds: int = 1,
+    rounds: int = 3,
     conditions: Sequence[str] = CONDITIONS,
 ) -> tuple[Section, list[Run]]:
     section = Section(
@@ -204,7 +204,12 @@ def run(
     section.add(
         f"N = {n:,} per run, {rounds} round(s); load average (1/5/15 min) at the start "
         f"{load_start}, at the end {load_average()}. "
-        + ("Each cell is the median of the rounds. " if rounds > 1 else "")
+        + (
+            "Each figure is the median of the rounds; a ratio is the median of the rounds' "
+            "ratios (ours ÷ the naive run just after it), with their range."
+            if rounds > 1
+            else ""
+        )
     )
     return section, runs
 
@@ -214,32 +219,39 @@ def _median(values: Sequence[float | None]) -> float | None:
     return statistics.median(known) if known else None
 
 
+def _ratios(pairs: Sequence[tuple[float | None, float | None]]) -> str:
+    """Median of the per-round ratios (each of two runs back to back), and their range."""
+    ratios = sorted(a / b for a, b in pairs if a and b)
+    if not ratios:
+        return "-"
+    median = f"{statistics.median(ratios):.2f}"
+    return median if len(ratios) == 1 else f"{median} ({ratios[0]:.2f}–{ratios[-1]:.2f})"
+
+
 def comparison_table(runs: Sequence[Run]) -> str:
     rows = []
     cells = sorted({(r.concurrency, CONDITIONS.index(r.condition)) for r in runs})
     for c, condition_index in cells:
         condition = CONDITIONS[condition_index]
-        mine = [r for r in runs if (r.concurrency, r.condition, r.runner) == (c, condition, "ours")]
-        naive = [
-            r for r in runs if (r.concurrency, r.condition, r.runner) == (c, condition, "naive")
-        ]
+        cell = [r for r in runs if (r.concurrency, r.condition) == (c, condition)]
+        mine = [r for r in cell if r.runner == "ours"]
+        naive = [r for r in cell if r.runner == "naive"]
         rate_ours, rate_naive = _median([r.rate for r in mine]), _median([r.rate for r in naive])
         cpu_ours = _median([r.cpu_ms_per_event for r in mine])
         cpu_naive = _median([r.cpu_ms_per_event for r in naive])
-        notes = [f"{r.runner}: {r.note}" for r in [*mine, *naive] if r.note]
-        notes += [
-            f"{r.runner}: {r.accepted:,} of {r.n:,}" for r in [*mine, *naive] if r.accepted < r.n
-        ]
+        pairs = list(zip(mine, naive, strict=False))  # round by round
+        notes = [f"{r.runner}: {r.note}" for r in cell if r.note]
+        notes += [f"{r.runner}: {r.accepted:,} of {r.n:,}" for r in cell if r.accepted < r.n]
         rows.append(
             [
                 c,
                 condition,
                 f"{rate_ours or 0:,.0f}",
                 f"{rate_naive or 0:,.0f}",
-                f"{rate_ours / rate_naive:.2f}" if rate_ours and rate_naive else "-",
+                _ratios([(a.rate, b.rate) for a, b in pairs]),
                 f"{cpu_ours:.2f}" if cpu_ours else "-",
                 f"{cpu_naive:.2f}" if cpu_naive else "-",
-                f"{cpu_ours / cpu_naive:.2f}" if cpu_ours and cpu_naive else "-",
+                _ratios([(a.cpu_ms_per_event, b.cpu_ms_per_event) for a, b in pairs]),
                 "; ".join(notes),
             ]
         )
@@ -258,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--n", type=int, default=env_int("BENCH_VERSUS_N", 3_000))
     parser.add_argument("--concurrency", default=",".join(map(str, DEFAULT_CONCURRENCY)))
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=env_int("BENCH_VERSUS_ROUNDS", 3))
     parser.add_argument(
         "--conditions", default=",".join(CONDITIONS), help="no Flower, Flower, or both"
     )
