@@ -1,9 +1,10 @@
 """``make bench`` / ``python -m bench``: run every benchmark, print the tables, write the docs.
 
 Sections run in order (``--only`` picks some): the sandbox's ceiling, the producer,
-the HTTP ingest service, the producer waiting for a replica, unthrottled delivery, Redis
-round trips, candidate hot-path changes, throttled delivery (``bench/throttle.py``, when it
-exists), memory, capacity at 150 ms of Scalev latency, a backlog drained at a 100/s limit
+the HTTP ingest service, the producer waiting for a replica, unthrottled delivery, ours
+against the naive Celery task with and without Flower, Redis round trips, candidate
+hot-path changes, throttled delivery (``bench/throttle.py``, when it exists), memory,
+capacity at 150 ms of Scalev latency, a backlog drained at a 100/s limit
 (``--backlog-jobs``, 5,000 here; ``python -m bench.backlog`` runs the 100,000 of the issue),
 and a py-spy profile of the hot path.
 The full run writes ``docs/benchmarks.md``: the tables, the machine, the versions and the
@@ -45,6 +46,7 @@ from bench import (
     roundtrips,
     sandbox_ceiling,
     variants,
+    versus_naive,
 )
 from bench.common import DEFAULT_N, ROOT, Section, env_int, load_average, redis_server_binary
 
@@ -58,6 +60,7 @@ SECTIONS = (
     "ingest",
     "replicas",
     "delivery",
+    "versus_naive",
     "roundtrips",
     "variants",
     "throttle",
@@ -200,6 +203,10 @@ def run_sections(args: argparse.Namespace, chosen: list[str]) -> list[Section]:
         "ingest": lambda: ingest.run(args.n),
         "replicas": lambda: replicas.run(args.n),
         "delivery": lambda: delivery.run(args.n, concurrencies)[0],
+        # Issue 16's comparison: C = 1 is latency-bound and not one of its targets.
+        "versus_naive": lambda: versus_naive.run(
+            min(args.n, 3_000), [c for c in concurrencies if c > 1] or concurrencies
+        )[0],
         "roundtrips": lambda: roundtrips.run(min(args.n, 1_000)),
         "variants": lambda: variants.run(min(args.n, 1_500)),
         "throttle": run_throttle,

@@ -9,11 +9,12 @@ falls on both alike:
   with requests' own adapter, the same headers and body, redirects followed, the same
   header lower-casing and classification (the request's histogram is the dispatcher's,
   outside all three);
-- ``deadline+env``: ``worker.delivery.scalev.ScalevClient`` with requests' per-request reading of
-  the environment switched back on (``trust_env``): the cost of the deadline alone
-  (watchdog armed and disarmed per request, guarded connections, no redirects);
-- ``deadline``: ``worker.delivery.scalev.ScalevClient`` as it runs: the deadline, and the proxy
-  variables read once at start instead of at every request.
+- ``deadline via requests``: the deadline (watchdog armed and disarmed per request,
+  guarded connections, no redirects, the body read bounded) with each POST made by
+  ``requests.Session.post``, as ``ScalevClient`` did until issue 16 (proxy variables
+  read once at start);
+- ``deadline``: ``worker.delivery.scalev.ScalevClient`` as it runs: the same, each POST
+  made on the session's urllib3 pool directly (``worker.delivery.http_route``).
 
 CPU is ``time.process_time()``: every thread of this process, the watchdog's included.
 """
@@ -29,7 +30,16 @@ from collections.abc import Callable
 import requests
 
 from bench.common import STORE, STORE_KEY, load_average, payload, start_sandbox, table
-from worker.delivery.scalev import API_KEY_HEADER, USER_AGENT, ScalevClient, classify, events_url
+from producers.models import request_body
+from worker.delivery.request_deadline import CURRENT_GUARD, watchdog
+from worker.delivery.scalev import (
+    API_KEY_HEADER,
+    RESPONSE_BODY_MAX_BYTES,
+    USER_AGENT,
+    ScalevClient,
+    classify,
+    events_url,
+)
 
 
 def plain_sender(base_url: str) -> tuple[Callable[[int], None], Callable[[], None]]:
@@ -54,14 +64,44 @@ def plain_sender(base_url: str) -> tuple[Callable[[int], None], Callable[[], Non
     return send, session.close
 
 
-def deadline_sender(
-    base_url: str, *, trust_env: bool = False
-) -> tuple[Callable[[int], None], Callable[[], None]]:
+def deadline_sender(base_url: str) -> tuple[Callable[[int], None], Callable[[], None]]:
     client = ScalevClient(base_url, connect_timeout_seconds=3.05, read_timeout_seconds=10.0)
-    client.session.trust_env = trust_env
 
     def send(index: int) -> None:
         client.send(STORE, STORE_KEY, payload(index, "deadline"))
+
+    return send, client.close
+
+
+def deadline_via_requests_sender(
+    base_url: str,
+) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """``ScalevClient.send`` as it was before issue 16: the POST through ``Session.post``."""
+    client = ScalevClient(base_url, connect_timeout_seconds=3.05, read_timeout_seconds=10.0)
+    session, url = client.session, events_url(base_url, STORE)
+
+    def send(index: int) -> None:
+        guard = watchdog().arm(client.deadline_seconds, client.resolver)
+        token = CURRENT_GUARD.set(guard)
+        try:
+            response = session.post(
+                url,
+                data=request_body(payload(index, "via-requests")),
+                headers={API_KEY_HEADER: STORE_KEY, "Content-Type": "application/json"},
+                timeout=(3.05, 10.0),
+                allow_redirects=False,
+                stream=True,
+            )
+            try:
+                text = response.raw.read(RESPONSE_BODY_MAX_BYTES, decode_content=True)
+            finally:
+                response.close()
+        finally:
+            CURRENT_GUARD.reset(token)
+            watchdog().disarm(guard)
+        headers = {name.lower(): value for name, value in response.headers.items()}
+        outcome = classify(response.status_code, text.decode("utf-8", "replace"), headers)
+        assert outcome.__class__.__name__ == "Delivered", outcome
 
     return send, client.close
 
@@ -87,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     sandbox = start_sandbox()
     clients: dict[str, Callable[[str], tuple[Callable[[int], None], Callable[[], None]]]] = {
         "plain": plain_sender,
-        "deadline+env": lambda url: deadline_sender(url, trust_env=True),
+        "deadline via requests": deadline_via_requests_sender,
         "deadline": deadline_sender,
     }
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in clients}

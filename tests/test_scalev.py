@@ -13,7 +13,14 @@ import requests
 
 from tests.conftest import STORE, STORE_KEY, Sandbox, free_port
 from tests.hostile_http import HostileServer
-from worker.delivery.scalev import API_KEY_HEADER, Delivered, ScalevClient, classify, events_url
+from worker.delivery.scalev import (
+    API_KEY_HEADER,
+    USER_AGENT,
+    Delivered,
+    ScalevClient,
+    classify,
+    events_url,
+)
 from worker.errors import DeliveryError, PermanentError, RateLimited, RetryableError
 
 # -- classify ------------------------------------------------------------------------
@@ -66,18 +73,6 @@ def test_events_url_quotes_the_store_and_ignores_a_trailing_slash() -> None:
 # -- the client against the sandbox -----------------------------------------------------
 
 
-class RecordingSession(requests.Session):
-    """A real session that keeps what it sent, so a test can read the bytes on the wire."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: list[requests.PreparedRequest] = []
-
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        self.sent.append(request)
-        return super().send(request, **kwargs)
-
-
 def payload(click_id: str = "clk-scalev-1") -> dict[str, Any]:
     # Extra top-level keys, a URL pydantic would normalise and non-ASCII text: all must
     # reach Scalev exactly as given, in the given key order.
@@ -90,32 +85,45 @@ def payload(click_id: str = "clk-scalev-1") -> dict[str, Any]:
     }
 
 
-def client_for(
-    base_url: str, *, read_timeout: float = 5.0, session: requests.Session | None = None
-) -> ScalevClient:
-    return ScalevClient(
-        base_url, connect_timeout_seconds=2.0, read_timeout_seconds=read_timeout, session=session
-    )
+def client_for(base_url: str, *, read_timeout: float = 5.0) -> ScalevClient:
+    return ScalevClient(base_url, connect_timeout_seconds=2.0, read_timeout_seconds=read_timeout)
 
 
 def test_delivers_with_the_key_header_and_the_payload_unchanged(sandbox: Sandbox) -> None:
-    session = RecordingSession()
-    client = client_for(sandbox.base_url, session=session)
+    client = client_for(sandbox.base_url)
     sent = payload()
     result = client.send(STORE, STORE_KEY, sent)
     client.close()
 
     assert result.status_code == 204
-    (request,) = session.sent
-    assert request.headers[API_KEY_HEADER] == STORE_KEY
-    assert request.headers["Content-Type"] == "application/json"
-    assert isinstance(request.body, bytes)
-    assert request.body == json.dumps(sent, separators=(",", ":"), ensure_ascii=False).encode()
-    assert 'https://shop.example"' in request.body.decode()  # no trailing slash added
     (event,) = sandbox.events(click_id=sent["click_id"])
     assert event["store_id"] == STORE
     assert event["body"] == sent
     assert list(event["body"]) == list(sent)  # same key order
+
+
+def test_the_bytes_on_the_wire() -> None:
+    # What a server reads: the key and the content type, requests' default headers (the
+    # client posts through urllib3 with the session's headers), the compact JSON body.
+    server = HostileServer().start()
+    client = client_for(server.url)
+    sent = payload()
+    try:
+        assert client.send(STORE, STORE_KEY, sent).status_code == 204
+    finally:
+        client.close()
+        server.stop()
+    (request,) = server.requests()
+    assert request.method == "POST"
+    assert request.path == f"/v3/stores/{STORE}/public/analytics/snackvideo/events"
+    assert request.header(API_KEY_HEADER) == STORE_KEY
+    assert request.header("Content-Type") == "application/json"
+    assert request.header("User-Agent") == USER_AGENT
+    assert request.header("Accept") == "*/*"
+    assert request.header("Accept-Encoding") == requests.utils.DEFAULT_ACCEPT_ENCODING
+    assert request.header("Content-Length") == str(len(request.body))
+    assert request.body == json.dumps(sent, separators=(",", ":"), ensure_ascii=False).encode()
+    assert 'https://shop.example"' in request.body.decode()  # no trailing slash added
 
 
 def test_a_wrong_key_is_refused_by_the_sandbox(sandbox: Sandbox) -> None:

@@ -39,6 +39,8 @@ here), so broker URLs, Celery's banner and Flower's broker page still say ``redi
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from queue import Empty
 from time import monotonic
 from typing import Any
@@ -391,6 +393,23 @@ class SafeChannel(kombu_redis.Channel):
     )
 
     qos: SafeQoS
+    _sync_client: redis.Redis | None = None
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        # kombu builds a new redis.Redis for each call (each ack, each QoS.append), and
+        # redis-py copies its table of response callbacks into every one: ~5 % of a
+        # loaded worker's CPU, all in the main process (docs/benchmarks.md, issue 16).
+        # A client holds no connection of its own, only the pool, and is thread-safe; one
+        # per pool does the same work. A new pool (after a fork, a reconnect) gets a new one.
+        if client:
+            yield client
+            return
+        pool = self.pool
+        cached = self._sync_client
+        if cached is None or cached.connection_pool is not pool:
+            cached = self._sync_client = self._create_client()  # type: ignore[no-untyped-call]
+        yield cached
 
     #: The taken job being recorded now (QoS.append removes it from the taking list).
     being_taken: Held | None = None

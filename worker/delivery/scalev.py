@@ -1,6 +1,8 @@
 """The Scalev HTTP client: one reused session, explicit timeouts, a hard deadline per
 request, and one place where responses and ``requests`` exceptions become this project's
-outcome types.
+outcome types. The session holds the configuration (proxies, TLS verification, default
+headers, the guarded adapter); each POST skips requests' per-request layers and goes
+straight to the pool the session would use (``http_route``).
 
 Two things a hostile or broken server must not be able to do:
 
@@ -34,6 +36,7 @@ import urllib3
 
 from producers.models import request_body
 from worker.delivery.guarded_connections import DeadlineAdapter
+from worker.delivery.http_route import Route
 from worker.delivery.request_deadline import CURRENT_GUARD, Resolve, watchdog
 from worker.delivery.resolver import bounded_resolver
 from worker.errors import (
@@ -126,25 +129,30 @@ def _read_environment_once(session: requests.Session, base_url: str) -> None:
     session.trust_env = False
 
 
-def _no_redirect_target(_response: requests.Response) -> None:
-    return None  # redirects are never followed (RedirectRefused)
+def read_body(response: urllib3.BaseHTTPResponse, limit: int) -> str:
+    """At most ``limit`` bytes of a response's body (left unread by ``urlopen``), decoded,
+    as text.
 
-
-def read_body(response: requests.Response, limit: int) -> str:
-    """At most ``limit`` bytes of a streamed response's body, decoded, as text.
-
-    ``response.text`` would read all of it: a hostile server's endless body was bounded
-    only by the request deadline, and held in memory meanwhile. urllib3 stops reading
-    (and decompressing) at ``limit``; the charset is the one the server named, else UTF-8
-    (requests' guessing from the content is slow on a large body and pointless on a cut
-    one); undecodable bytes are replaced.
+    Reading all of it would let a hostile server's endless body be bounded only by the
+    request deadline, and held in memory meanwhile. urllib3 stops reading (and
+    decompressing) at ``limit``; the charset is the one the server named (as requests
+    reads it), else UTF-8 (requests' guessing from the content is slow on a large body
+    and pointless on a cut one); undecodable bytes are replaced.
     """
-    data = response.raw.read(limit, decode_content=True)
-    encoding = response.encoding or "utf-8"
+    data = response.read(limit, decode_content=True)
+    encoding = requests.utils.get_encoding_from_headers(response.headers) or "utf-8"
     try:
         return str(data.decode(encoding, errors="replace"))
     except LookupError:  # a charset Python does not know
         return str(data.decode("utf-8", errors="replace"))
+
+
+def close_response(response: urllib3.BaseHTTPResponse) -> None:
+    """What ``requests.Response.close`` does: a body read to its end has already given
+    its connection back, kept alive; a cut one is closed, not drained, and its (closed)
+    connection returned to the pool, which reconnects it when next used."""
+    response.close()
+    response.release_conn()
 
 
 def _location_host(url: str, location: str | None) -> str:
@@ -172,41 +180,38 @@ class ScalevClient:
     ) -> None:
         self.base_url = base_url
         self.body_max_bytes = body_max_bytes
-        self.timeout = (connect_timeout_seconds, read_timeout_seconds)
+        self.timeout = urllib3.Timeout(connect=connect_timeout_seconds, read=read_timeout_seconds)
         # The whole request, name resolution to the last byte of the body.
         self.deadline_seconds = connect_timeout_seconds + read_timeout_seconds
         self.resolver: Resolve = resolver or bounded_resolver()
         self.session = session or requests.Session()
-        # With allow_redirects=False requests still prepares Response.next for a 3xx,
-        # and reads the whole body to do so, however long: with no target it reads none.
-        self.session.get_redirect_target = _no_redirect_target  # type: ignore[method-assign,assignment]
         self.session.headers["User-Agent"] = USER_AGENT
         _read_environment_once(self.session, base_url)
         adapter = DeadlineAdapter()
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        # urlopen(redirect=False): a 3xx is returned as it is, its body left unread.
+        self.route = Route(self.session, base_url)
 
     def send(self, store_id: str, api_key: str, payload: dict[str, Any]) -> Delivered:
         """POST one event; return on 2xx, raise a ``DeliveryError`` subclass otherwise."""
         body = request_body(payload)  # the bytes SNACKVIDEO_MAX_PAYLOAD_BYTES measures
-        url = events_url(self.base_url, store_id)
+        path = EVENTS_PATH.format(store_id=quote(store_id, safe=""))
         started = time.perf_counter()
         guard = watchdog().arm(self.deadline_seconds, self.resolver)
         token = CURRENT_GUARD.set(guard)
         failure: BaseException | None = None
         try:
-            response = self.session.post(
-                url,
-                data=body,
-                headers={API_KEY_HEADER: api_key, "Content-Type": "application/json"},
-                timeout=self.timeout,
-                allow_redirects=False,
-                stream=True,  # the body is read below, bounded, under the same deadline
+            response = self.route.post(
+                path,
+                body,
+                {API_KEY_HEADER: api_key, "Content-Type": "application/json"},
+                self.timeout,
             )
-            try:
+            try:  # the body is read here, bounded, under the same deadline
                 text = read_body(response, self.body_max_bytes)
             finally:
-                response.close()  # a body read to its end leaves the connection kept alive
+                close_response(response)
         except _TRANSPORT_ERRORS as exc:
             failure = exc
         finally:
@@ -219,10 +224,12 @@ class ScalevClient:
             # error names only the exception's type.
             raise self._transport_error(failure, cut, time.perf_counter() - started) from None
         # Lower-cased once here: header names are case-insensitive and the throttle reads them.
-        headers = {name.lower(): value for name, value in response.headers.items()}
-        if 300 <= response.status_code < 400:
-            headers = self._refuse_redirect(response.status_code, headers, url, api_key)
-        outcome = classify(response.status_code, redact(text, api_key), headers)
+        # A header sent twice reads as one, its values joined with ", " (as requests did).
+        headers = {name.lower(): response.headers[name] for name in response.headers}
+        if 300 <= response.status < 400:
+            url = events_url(self.base_url, store_id)
+            headers = self._refuse_redirect(response.status, headers, url, api_key)
+        outcome = classify(response.status, redact(text, api_key), headers)
         if isinstance(outcome, DeliveryError):
             raise outcome
         return outcome
@@ -258,4 +265,5 @@ class ScalevClient:
         return headers
 
     def close(self) -> None:
+        self.route.close()
         self.session.close()
