@@ -37,7 +37,11 @@ def usable_cpus() -> int:
 #: of new keep-alive connections all went to whichever woke first. Measured on 2 cores
 #: (docs/benchmarks.md, issue 15): p99 at half the best rate met 10 ms in every run with one
 #: worker, in a third of them with two, for about the same events/s.
-DEFAULT_INGEST_WORKERS = max(1, usable_cpus() // 2)
+def workers_for(cpus: int) -> int:
+    return max(1, cpus // 2)
+
+
+DEFAULT_INGEST_WORKERS = workers_for(usable_cpus())
 #: Largest batch request body. 1,000 real events of ~1 KB are 1 MB; the default leaves
 #: room for larger ones and still bounds what one request may make a process hold.
 DEFAULT_MAX_BATCH_BYTES = 8 * 1024 * 1024
