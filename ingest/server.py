@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--port", type=int, help="default: SNACKVIDEO_INGEST_PORT (8088)")
     parser.add_argument("--address", help="default: SNACKVIDEO_INGEST_ADDRESS (127.0.0.1)")
-    parser.add_argument("--workers", type=int, help="default: SNACKVIDEO_INGEST_WORKERS (2)")
+    parser.add_argument(
+        "--workers", type=int, help="default: SNACKVIDEO_INGEST_WORKERS (half the CPUs, at least 1)"
+    )
     return parser
 
 

@@ -10,6 +10,7 @@ worker's settings).
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
@@ -21,7 +22,27 @@ from producers.settings import ProducerSettings, env_field
 
 DEFAULT_INGEST_PORT = 8088
 DEFAULT_INGEST_ADDRESS = "127.0.0.1"
-DEFAULT_INGEST_WORKERS = 2
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's cpuset, not the host's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def workers_for(cpus: int) -> int:
+    """One uvicorn worker per two CPUs, at least one."""
+    return max(1, cpus // 2)
+
+
+#: ``workers_for`` the usable CPUs. The service shares its host with Redis
+#: (and, under ``make run`` or compose, the Celery workers): on 2 cores a second worker
+#: competed with them for CPU, and uvicorn's workers share one listening socket, so a burst
+#: of new keep-alive connections all went to whichever woke first. Measured on 2 cores
+#: (docs/benchmarks.md, issue 15): p99 at half the best rate met 10 ms in 6 of 8 runs with
+#: one worker, 2 of 8 with two, whose best events/s was only 1.2x one worker's.
+DEFAULT_INGEST_WORKERS = workers_for(usable_cpus())
 #: Largest batch request body. 1,000 real events of ~1 KB are 1 MB; the default leaves
 #: room for larger ones and still bounds what one request may make a process hold.
 DEFAULT_MAX_BATCH_BYTES = 8 * 1024 * 1024

@@ -7,6 +7,7 @@ tokens or is refused in one line that names the variable and never a secret.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pytest
@@ -16,7 +17,13 @@ from hypothesis import strategies as st
 
 from ingest.auth import Authenticator, authorize
 from ingest.errors import ApiError
-from ingest.settings import MIN_SECRET_CHARS, IngestSettings, parse_tokens
+from ingest.settings import (
+    MIN_SECRET_CHARS,
+    IngestSettings,
+    parse_tokens,
+    usable_cpus,
+    workers_for,
+)
 from producers import ConfigurationError
 
 #: Every generated name and secret starts with this, so a refusal that quotes one shows.
@@ -39,7 +46,23 @@ def test_defaults() -> None:
     settings = IngestSettings.from_env({})
     assert (settings.ingest_port, settings.ingest_address) == (8088, "127.0.0.1")
     assert settings.ingest_tokens == {}
-    assert settings.ingest_workers >= 1
+    assert settings.ingest_workers == workers_for(usable_cpus())
+
+
+@pytest.mark.parametrize(("cpus", "workers"), [(1, 1), (2, 1), (3, 1), (4, 2), (16, 8)])
+def test_default_workers_are_half_the_cpus(cpus: int, workers: int) -> None:
+    assert workers_for(cpus) == workers
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity here")
+def test_usable_cpus_follow_the_affinity_mask() -> None:
+    allowed = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(allowed)})
+        assert usable_cpus() == 1
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert usable_cpus() == len(allowed)
 
 
 @hypothesis_settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
