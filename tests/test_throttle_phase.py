@@ -130,9 +130,13 @@ def test_whole_second_clock_windows_with_epoch_second_resets_cost_no_429(
 ) -> None:
     """Windows on whole seconds of the server's clock (a key per ``floor(now)``, the
     sandbox's ``clock`` alignment): the epoch-second reset is exact there, and the backlog
-    arrives anywhere in a window. The first window a state sees teaches no length, so
-    not even the one 429 allowed above for windows on another phase."""
+    arrives anywhere in a window. The first window a state sees teaches no length; a
+    later one still can, wrongly: hypothesis found a run (start 0.89 s into a window,
+    latencies 16-30 ms) where the answer that opened a window from our side landed 21 ms
+    after the server's whole second, taught a window of 0.9993 s, and the refill came
+    1 ms early: one 429, after which the throttle stops assuming windows start at its
+    requests. So the bound is the same one 429 per state as above (docs/throttle.md)."""
     server = Server("clock", "epoch", phase=0.0)
     drive(redis_client, server, T0 + start, latencies)
-    assert server.refused == 0, (server.windows, server.count)
+    assert server.refused <= 1, (server.windows, server.count)
     assert server.accepted > 0
