@@ -39,6 +39,9 @@ DLQ_ERROR_MAX_CHARS = Settings().dlq_error_max_chars
 
 #: sha256 of kombu 5.7.0's ``Channel._brpop_read``, which ``worker.celery_ext.transport`` copies.
 KOMBU_BRPOP_READ_SHA256 = "c42518699709f2df90f55a048fe6346612ae5527e5c4a6819f2c0920dc62088f"
+#: sha256 of kombu 5.7.0's ``Channel._brpop_start``, whose list of keys (queues times
+#: priority steps, with the poll bookkeeping) the one-step take repeats (``SafeChannel``).
+KOMBU_BRPOP_START_SHA256 = "06723d707ddf224025af70ff511e07a27e1e8a37ec509e7dfa11ee408a79ccec"
 
 
 def envelope(task_id: str, **changes: Any) -> dict[str, Any]:
@@ -100,6 +103,14 @@ def test_kombus_brpop_read_is_the_one_worker_transport_copies() -> None:
     # When kombu changes its version, re-copy it there, then update this hash.
     source = inspect.getsource(Channel._brpop_read)
     assert hashlib.sha256(source.encode()).hexdigest() == KOMBU_BRPOP_READ_SHA256
+
+
+def test_kombus_brpop_start_is_the_one_the_one_step_take_follows() -> None:
+    # SafeChannel._brpop_start sends BRPOPLPUSH (or take_any.lua) instead of BRPOP, over
+    # the keys kombu's method would list, and sets the same _in_poll / _brpop_sent_at.
+    # When kombu changes its version, check the take against it, then update this hash.
+    source = inspect.getsource(Channel._brpop_start)
+    assert hashlib.sha256(source.encode()).hexdigest() == KOMBU_BRPOP_START_SHA256
 
 
 def test_garbage_on_the_queue_is_dead_lettered_and_the_worker_keeps_delivering(
