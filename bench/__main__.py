@@ -48,7 +48,15 @@ from bench import (
     variants,
     versus_naive,
 )
-from bench.common import DEFAULT_N, ROOT, Section, env_int, load_average, redis_server_binary
+from bench.common import (
+    DEFAULT_N,
+    ROOT,
+    Section,
+    doc_parser,
+    env_int,
+    load_average,
+    redis_server_binary,
+)
 
 #: The backlog section's size under ``make bench``: its full 100,000 run is a separate one.
 BACKLOG_JOBS = 5_000
@@ -230,11 +238,7 @@ def run_sections(args: argparse.Namespace, chosen: list[str]) -> list[Section]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = doc_parser("python -m bench", __doc__)
     parser.add_argument(
         "--n",
         type=int,

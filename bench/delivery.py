@@ -19,7 +19,6 @@ processes (main + pool children) divided by the events delivered while it was me
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import threading
 import time
@@ -38,6 +37,7 @@ from bench.common import (
     Section,
     Worker,
     cpu_seconds,
+    doc_parser,
     env_int,
     events_url,
     payload,
@@ -345,11 +345,7 @@ def parse_ints(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.delivery",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = doc_parser("python -m bench.delivery", __doc__)
     parser.add_argument("--n", type=int, default=env_int("BENCH_N", DEFAULT_N))
     parser.add_argument("--concurrency", default=",".join(map(str, DEFAULT_CONCURRENCY)))
     parser.add_argument("--pools", default="prefork,threads")

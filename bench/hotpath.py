@@ -11,7 +11,6 @@ The raw stacks are folded three ways: per process role, per library of the leaf 
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import subprocess
@@ -24,6 +23,7 @@ from bench.common import (
     BenchError,
     Section,
     Worker,
+    doc_parser,
     env_int,
     scratch_dir,
     table,
@@ -223,11 +223,7 @@ def run(n: int = 5_000, pool: str = "prefork", concurrency: int = 4, seconds: fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.hotpath",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = doc_parser("python -m bench.hotpath", __doc__)
     parser.add_argument("--n", type=int, default=env_int("BENCH_PROFILE_N", 5_000))
     parser.add_argument("--pool", default="prefork")
     parser.add_argument("--concurrency", type=int, default=4)

@@ -12,7 +12,6 @@ between their sharers) for an honest total. Baseline: the naive Celery worker
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from bench.common import (
     BenchError,
     Section,
     Worker,
+    doc_parser,
     env_int,
     rss_kib,
     table,
@@ -151,11 +151,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.memory",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = doc_parser("python -m bench.memory", __doc__)
     parser.add_argument("--n", type=int, default=env_int("BENCH_MEMORY_N", 2_000))
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--pools", default="prefork,threads")

@@ -11,7 +11,6 @@ the same run is shown beside it (commands, not round trips; idle polling include
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
@@ -20,6 +19,7 @@ from collections import Counter
 from bench.common import (
     Section,
     Worker,
+    doc_parser,
     env_int,
     scratch_dir,
     table,
@@ -133,11 +133,7 @@ def run(n: int = 1_000, pool: str = "prefork", concurrency: int = 4) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.roundtrips",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = doc_parser("python -m bench.roundtrips", __doc__)
     parser.add_argument("--n", type=int, default=env_int("BENCH_ROUNDTRIP_N", 1_000))
     parser.add_argument("--pool", default="prefork")
     parser.add_argument("--concurrency", type=int, default=4)

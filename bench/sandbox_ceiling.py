@@ -12,7 +12,6 @@ per event in the delivery table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import socket
@@ -27,6 +26,7 @@ from bench.common import (
     Sandbox,
     Section,
     cpu_seconds,
+    doc_parser,
     env_int,
     events_url,
     payload,
@@ -154,11 +154,7 @@ def run(n: int = DEFAULT_N, connections: Sequence[int] = (1, 4, 8, 16)) -> Secti
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.sandbox_ceiling",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = doc_parser("python -m bench.sandbox_ceiling", __doc__)
     parser.add_argument("--n", type=int, default=env_int("BENCH_N", DEFAULT_N))
     parser.add_argument("--connections", default="1,4,8,16")
     args = parser.parse_args(argv)

@@ -13,13 +13,21 @@ steadier measure on a shared machine. Last row: Celery alone, for scale.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from collections.abc import Sequence
 
 from celery import Celery
 
-from bench.common import BenchError, Section, Worker, env_int, table, wait_until, worker_env
+from bench.common import (
+    BenchError,
+    Section,
+    Worker,
+    doc_parser,
+    env_int,
+    table,
+    wait_until,
+    worker_env,
+)
 from bench.delivery import Result, Stack, fill_ours, measure_worker, run_timeout, split
 from bench.naive_worker import DONE_KEY, FIRST_KEY, LAST_KEY, TOUCH_TASK
 
@@ -135,11 +143,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.variants",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = doc_parser("python -m bench.variants", __doc__)
     parser.add_argument("--n", type=int, default=env_int("BENCH_VARIANT_N", 1_500))
     parser.add_argument("--pool", default="prefork")
     parser.add_argument("--concurrency", type=int, default=8)

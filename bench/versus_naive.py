@@ -23,7 +23,6 @@ ours ÷ naive: events/s ≥ 1.00 and CPU per event ≤ 1.00 are issue 16's targe
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from bench.common import (
     BenchError,
     Section,
     Worker,
+    doc_parser,
     env_int,
     free_port,
     load_average,
@@ -263,11 +263,7 @@ def comparison_table(runs: Sequence[Run]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.versus_naive",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = doc_parser("python -m bench.versus_naive", __doc__)
     parser.add_argument("--n", type=int, default=env_int("BENCH_VERSUS_N", 3_000))
     parser.add_argument("--concurrency", default=",".join(map(str, DEFAULT_CONCURRENCY)))
     parser.add_argument("--rounds", type=int, default=env_int("BENCH_VERSUS_ROUNDS", 3))

@@ -77,30 +77,27 @@ conn.drain_events(timeout=5)
 """
 
 
-def die_while_taking(redis_url: str) -> str:
-    """The incarnation of a consumer process that died between the pop and the record."""
+def run_dying_consumer(script: str, redis_url: str) -> Any:
+    """Run one of the consumer scripts above on QUEUE; the JSON of its last printed line."""
     out = subprocess.run(
-        [PYTHON, "-c", DIE_BEFORE_RECORDING, redis_url, json.dumps(OPTIONS), QUEUE],
+        [PYTHON, "-c", script, redis_url, json.dumps(OPTIONS), QUEUE],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=30,
         check=True,
     ).stdout
-    return str(json.loads(out.strip().splitlines()[-1]))
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def die_while_taking(redis_url: str) -> str:
+    """The incarnation of a consumer process that died between the pop and the record."""
+    return str(run_dying_consumer(DIE_BEFORE_RECORDING, redis_url))
 
 
 def take_and_die(redis_url: str) -> tuple[str, str]:
     """(incarnation, delivery tag) of a consumer process that took one message and died."""
-    out = subprocess.run(
-        [PYTHON, "-c", TAKE_AND_DIE, redis_url, json.dumps(OPTIONS), QUEUE],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
-    incarnation, tag = json.loads(out.strip().splitlines()[-1])
+    incarnation, tag = run_dying_consumer(TAKE_AND_DIE, redis_url)
     return incarnation, tag
 
 
