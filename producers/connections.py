@@ -76,7 +76,7 @@ def async_redis_client(settings: EnvSettings, **options: Any) -> redis.asyncio.R
     url = settings.redis_url
     if is_sentinel_url(url):
         sentinel_kwargs, master_kwargs = _sentinel_options(settings, options)
-        sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
+        sentinel = AsyncSentinel(  # type: ignore[no-untyped-call, unused-ignore]
             sentinel_addresses(url), sentinel_kwargs=sentinel_kwargs, **options
         )
         master: redis.asyncio.Redis = sentinel.master_for(
@@ -88,12 +88,14 @@ def async_redis_client(settings: EnvSettings, **options: Any) -> redis.asyncio.R
     return redis.asyncio.Redis.from_url(url, **options)
 
 
+# The Sentinel classes are untyped before redis-py 8.2 and typed from it: each call below
+# ignores `no-untyped-call`, and `unused-ignore` keeps mypy quiet on either version.
 def _sentinel_master(settings: EnvSettings, options: dict[str, Any]) -> redis.Redis:
     sentinel_kwargs, master_kwargs = _sentinel_options(settings, options)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
         sentinel_addresses(settings.redis_url), sentinel_kwargs=sentinel_kwargs, **options
     )
-    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call, unused-ignore]
         settings.redis_sentinel_master, **master_kwargs
     )
     return master
