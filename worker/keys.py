@@ -49,13 +49,16 @@
         window_s                  window length the server announced when it opened one
         window_bound              learned upper bound of the window (rollovers we watched)
         window_started_at         when the tracked window began for us (older answers are stale)
-        window_opened_at          acquire time of the request that opened this window
+        window_opened_at          acquire time of the request that opened this window (kept
+                                  through a refill until an answer opens the next one)
         provisional               1 after an optimistic refill, until the window's first answer
         rollover_after, sent_max  the tracked window began after rollover_after (a send time
                                   the window before answered for); sent_max: the same for the
                                   tracked window, the bound of the next rollover
         count_seen, count_seen_at lowest Remaining of the window and when its answer came back:
                                   a request sent later that reports no less is a new window
+        reset_seen                the tracked window's epoch reset: an answer that names it is
+                                  from that window, whatever its count (unset: delta resets)
         foreign_phase             1 after a 429: the server's windows are not assumed to start
                                   at our requests any more
         adaptive_rate             requests/s without rate-limit headers (AIMD, record.lua);

@@ -83,7 +83,8 @@ if reset_at and now >= reset_at then
     reset_at = now + (window_s or fallback_window)
     redis.call('HSET', KEYS[1], 'remaining', remaining, 'reset_at', fmt(reset_at),
       'provisional', 1, 'window_started_at', fmt(now))
-    redis.call('HDEL', KEYS[1], 'window_opened_at')
+    -- window_opened_at stays: it is the ended window's until an answer opens this one,
+    -- and record.lua bounds the ended window's length with it at the rollover.
   else
     remaining, reset_at = nil, nil
     redis.call('HDEL', KEYS[1], 'remaining', 'reset_at', 'provisional', 'window_opened_at')

@@ -64,6 +64,35 @@ local function opened_after(sent, after)
 end
 local blocked_until = num('blocked_until')
 local provisional = s['provisional'] == '1'
+-- How long the tracked window is, to narrow an epoch-second reset from the answer of the
+-- request that opened it: the learned bound, or, on our own phase, a whole number of
+-- seconds. Rate limiters count whole seconds (1 s, a minute, an hour), and the bound of
+-- such a window is its length plus a round trip (1.02-1.05 s for 1 s windows in
+-- bench.throttle_windows): taken as it is, each window's tracked reset was that much
+-- late, 2-5 % of every 1 s window. Nothing bounds the first window a state sees; a 1 s
+-- window is assumed when the reset allows one (less than two seconds away): a window of
+-- one second that held our request ends no later than a second after its answer, so it
+-- is never refilled early, however the server's windows are phased. A longer window
+-- taken for a 1 s one (a 2 s window the backlog joined in its first second) or a bound
+-- a little over a whole second that is the length (a 1.1 s window) refills early once:
+-- the 429 sets `foreign_phase`, and only the learned bound counts from then on.
+local function window_length(bound, reset_hint)
+  if not own_phase then return bound end
+  if bound then
+    -- Just under a whole second: the bound assumed a window began at our request, and
+    -- it began up to a latency before (whole-second clock windows: hypothesis found a
+    -- bound of 0.9993 s and a refill 1 ms early; bench.throttle_windows at 3-80 ms
+    -- latencies one of 0.955 s). Rounding a bound up is always safe; it costs a window
+    -- shorter than 0.9 s of a whole second up to a tenth of it.
+    local whole = math.ceil(bound)
+    if whole - bound < 0.1 then return whole end
+    whole = math.floor(bound)
+    if whole >= 1 then return whole end
+    return bound
+  end
+  if reset_hint - now < 2 then return 1 end
+  return nil
+end
 
 if h_limit then
   if limit ~= h_limit then window_bound = nil end  -- a new policy: relearn its window
@@ -77,8 +106,19 @@ local tracked = remaining ~= nil and reset_at ~= nil
 -- Is this the answer of a later server window than the one we track? Either the server's
 -- count went back up by more than reordered answers could explain, or its reset is later
 -- than rounding could explain.
+-- An epoch reset names its window: the next window of one a second or longer ends at
+-- least a second later, so its reset is at least one rounding step later. An answer whose
+-- reset is the tracked window's (`reset_seen`) is from that window, whatever its count
+-- says: a request that landed early in the window and was answered after later ones
+-- (latencies of 3-80 ms in bench.throttle_windows) otherwise looked like a rollover,
+-- raised the count and taught a window of 0.13 s. Delta resets name nothing (`1` all
+-- through a 1 s window).
+local reset_seen = num('reset_seen')
+local absolute_reset = ARGV[20] ~= '1' and reset_hint ~= nil
+local same_window = tracked and absolute_reset and reset_seen ~= nil
+  and reset_hint < reset_seen + 0.5
 local new_window = false
-if informative then
+if informative and not same_window then
   if not tracked then
     new_window = true
   elseif h_remaining and acquired_at >= started and h_remaining - remaining > in_flight_before then
@@ -98,21 +138,30 @@ end
 
 local remaining_before = remaining
 if new_window then
-  if tracked and not provisional then
+  if tracked then
     -- Remaining jumped back up: the window that ended began after `rollover_after` (a
     -- request it answered for left then), and the one this answer is from began by `now`.
     -- A window is no longer than that, whether the server starts one at the first request
     -- after the last (INCR + EXPIRE) or on its own clock: the rollover is the server's phase.
     -- On a server of the first kind, the window began no earlier than the request that
-    -- opened it (`opened`), a tighter bound, if we saw that window open (`opened_after`),
-    -- or if it ended well before the reset it announced: its reset was rounded, so its
-    -- windows do not run on the whole seconds the reset is written in, and the window
-    -- was not one of those joined half-way (the first window: the cold start's costly
-    -- case, a reset up to a second late).
-    local ended_early = now < reset_at - EARLY_ROLLOVER_SECONDS
+    -- opened it (`opened`), a tighter bound, if we saw that window open (`opened_after`).
+    -- The first window a state sees (or the first after an idle spell) may instead have
+    -- been joined half-way on a server whose windows run on its clock; `now - opened` is
+    -- then shorter than the window, and a refill that early is a 429. It is taken only
+    -- if it is at least a second (a window of a whole number of seconds can still have
+    -- begun at our request: window_length below), or if the window ended well before the
+    -- reset it announced (its reset was rounded, so its windows do not run on the whole
+    -- seconds the reset is written in). That announced reset, not the tracked one, which
+    -- window_length may have narrowed, or a refill replaced with a provisional one: the
+    -- opener's answer came back after it left (`opened`), so `opened + window_s` is no
+    -- later than the announced reset.
+    local announced = provisional and 0 or reset_at
+    if opened and window_s then announced = math.max(announced, opened + window_s) end
+    local ended_early = now < announced - EARLY_ROLLOVER_SECONDS
+    local seen_to_open = opened and (opened_after(opened, rollover_after) or ended_early
+      or now - opened >= 1)
     local after = rollover_after
-    if own_phase and opened and (opened_after(opened, rollover_after) or ended_early)
-        and (not after or opened > after) then
+    if own_phase and seen_to_open and (not after or opened > after) then
       after = opened
     end
     if after then
@@ -127,6 +176,7 @@ if new_window then
   if h_reset_in and (not window_s or h_reset_in > window_s) then window_s = h_reset_in end
   reset_at = reset_hint or (now + (window_s or fallback_window))
   started, opened, provisional = acquired_at, nil, false
+  reset_seen = absolute_reset and reset_hint or nil
   -- The pace set for the old window (or the default rate) says nothing about this one.
   redis.call('HDEL', KEYS[1], 'next_slot_at')
 elseif tracked and acquired_at < started then
@@ -142,7 +192,11 @@ elseif tracked then
   end
   if reset_hint then
     if provisional then
+      -- The refilled window's first answer, not seen as a rollover: its reset names the
+      -- window from now on, and the request that opened the ended one bounds nothing.
       reset_at, provisional = reset_hint, false
+      if absolute_reset then reset_seen = reset_hint end
+      if opened and opened < started then opened = nil end
     else
       reset_at = math.min(reset_at, reset_hint)
     end
@@ -177,8 +231,9 @@ if limit and h_remaining == limit - 1 and reset_hint and not opened
   local tight = reset_hint
   -- A millisecond reset is precise already: a millisecond more is not worth a 429 (the
   -- bound may be short when the server's windows are not ours).
-  if window_bound and resolution >= 1 then
-    tight = math.max(reset_hint - resolution, math.min(reset_hint, now + window_bound))
+  local length = window_length(window_bound, reset_hint)
+  if length and resolution >= 1 then
+    tight = math.max(reset_hint - resolution, math.min(reset_hint, now + length))
   end
   reset_at = math.min(reset_at or tight, tight)
 end
@@ -209,10 +264,11 @@ local fields = {
   rollover_after = rollover_after and fmt(rollover_after), sent_max = sent_max and fmt(sent_max),
   foreign_phase = (s['foreign_phase'] == '1' or rate_limited) and 1 or nil,
   count_seen = count_seen, count_seen_at = count_seen_at and fmt(count_seen_at),
+  reset_seen = reset_seen and fmt(reset_seen),
 }
 local names = {'limit', 'remaining', 'reset_at', 'window_s', 'window_bound',
   'window_started_at', 'window_opened_at', 'blocked_until', 'provisional', 'updated_at',
-  'rollover_after', 'sent_max', 'foreign_phase', 'count_seen', 'count_seen_at'}
+  'rollover_after', 'sent_max', 'foreign_phase', 'count_seen', 'count_seen_at', 'reset_seen'}
 for _, name in ipairs(names) do
   if fields[name] ~= nil then
     redis.call('HSET', KEYS[1], name, fields[name])
