@@ -197,18 +197,22 @@ class ProducerBase:
         call_key = enqueue_call_key(uuid.uuid4().hex)
         return PreparedCall([DELIVERY_QUEUE, ENQUEUED_COUNTER, call_key], argv, own_ids)
 
-    def retry_policy(self) -> dict[str, Any]:
-        """tenacity's arguments for publishing one call (``Retrying`` or ``AsyncRetrying``)."""
+    def retry_policy(self, spent_seconds: float = 0.0) -> dict[str, Any]:
+        """tenacity's arguments for publishing one call (``Retrying`` or ``AsyncRetrying``);
+        ``spent_seconds``: what the call spent before tenacity started (its first attempt)."""
         return {
             "retry": retry_if_exception_type(RETRIED_ERRORS),
-            "stop": stop_before_delay(self._retry_window_seconds),
+            "stop": stop_before_delay(self._retry_window_seconds - spent_seconds),
             "wait": wait_random_exponential(multiplier=0.05, max=1.0),
             "reraise": False,
         }
 
-    def not_accepted(self, exc: RetryError) -> EnqueueError:
+    def may_retry(self, spent_seconds: float) -> bool:
+        """Whether a call that has run ``spent_seconds`` may still start an attempt."""
+        return spent_seconds < self._retry_window_seconds
+
+    def not_accepted(self, cause: BaseException | None) -> EnqueueError:
         """The error for a call whose retries ran out (raise it ``from`` the last cause)."""
-        cause = exc.last_attempt.exception()
         within = f"{self.timeout_seconds:g}s"
         if isinstance(cause, NotReplicated):
             return EnqueueError(
@@ -311,7 +315,8 @@ class Producer(ProducerBase):
                         return self._run_replicated(call)
                     return list(self._script(keys=call.keys, args=call.argv))
         except RetryError as exc:
-            raise self.not_accepted(exc) from exc.last_attempt.exception()
+            cause = exc.last_attempt.exception()
+            raise self.not_accepted(cause) from cause
         except redis.RedisError as exc:
             raise self.refused(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
