@@ -19,7 +19,6 @@ import math
 import os
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any, NamedTuple
@@ -194,7 +193,7 @@ class ProducerBase:
             }
             message = build_message(kwargs, task_id=job_id, delivery_tag=tag, payload_body=body)
             argv += [_idempotency_arg(store_id, key), job_id, message]
-        call_key = enqueue_call_key(uuid.uuid4().hex)
+        call_key = enqueue_call_key(os.urandom(16).hex())  # unique; no UUID object needed
         return PreparedCall([DELIVERY_QUEUE, ENQUEUED_COUNTER, call_key], argv, own_ids)
 
     def retry_policy(self, spent_seconds: float = 0.0) -> dict[str, Any]:
