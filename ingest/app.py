@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,6 +17,8 @@ from ingest.errors import ApiError, api_error, http_error, internal_error
 from ingest.openapi import build_openapi
 from ingest.settings import IngestSettings
 from producers.aio import AsyncProducer
+
+log = logging.getLogger("ingest")
 
 
 def create_app(settings: IngestSettings | None = None) -> Starlette:
@@ -36,6 +39,8 @@ def create_app(settings: IngestSettings | None = None) -> Starlette:
             idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
             max_payload_bytes=settings.max_payload_bytes,
         )
+        if not await service.producer.warm():
+            log.warning("ingest: Redis did not answer at start; its connections open on use")
         # What exists now (modules, the app, pydantic's validators) lives as long as the
         # process. Frozen, the collector's full passes skip it and scan only what requests
         # made: unfrozen, each full pass stalled a worker 17-22 ms (bench/ingest.py).

@@ -7,6 +7,8 @@ blocks the event loop.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +19,18 @@ from redis.backoff import NoBackoff
 from tenacity import AsyncRetrying, RetryError
 
 from producers.connections import async_redis_client
-from producers.enqueue import ENQUEUE_LUA, Enqueued, PreparedCall, ProducerBase, enqueued
+from producers.enqueue import (
+    ENQUEUE_LUA,
+    RETRIED_ERRORS,
+    Enqueued,
+    PreparedCall,
+    ProducerBase,
+    enqueued,
+)
+
+#: Connections ``AsyncProducer.warm`` opens: one per request in flight, for as many as the
+#: benchmark's open loop keeps (16 client connections); more open on first use.
+WARM_CONNECTIONS = 16
 
 
 class AsyncProducer(ProducerBase):
@@ -76,17 +89,30 @@ class AsyncProducer(ProducerBase):
         return call.outcomes(await self._publish(call))
 
     async def _publish(self, call: PreparedCall) -> list[Any]:
+        # The first attempt runs outside tenacity: nearly every call needs no other, and
+        # tenacity's machinery was 5 % of a single-event request's CPU (issue 15). A failed
+        # first attempt is retried at once, then with tenacity's waits, in the same bound.
+        started = time.monotonic()
         try:
-            async for attempt in AsyncRetrying(**self.retry_policy()):
+            try:
+                return await self._attempt(call)
+            except RETRIED_ERRORS as exc:
+                if not self.may_retry(time.monotonic() - started):
+                    raise self.not_accepted(exc) from exc
+            async for attempt in AsyncRetrying(**self.retry_policy(time.monotonic() - started)):
                 with attempt:
-                    if self.min_replicas:
-                        return await self._run_replicated(call)
-                    return list(await self._script(keys=call.keys, args=call.argv))
+                    return await self._attempt(call)
         except RetryError as exc:
-            raise self.not_accepted(exc) from exc.last_attempt.exception()
+            cause = exc.last_attempt.exception()
+            raise self.not_accepted(cause) from cause
         except redis.RedisError as exc:
             raise self.refused(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(self, call: PreparedCall) -> list[Any]:
+        if self.min_replicas:
+            return await self._run_replicated(call)
+        return list(await self._script(keys=call.keys, args=call.argv))
 
     async def _run_replicated(self, call: PreparedCall) -> list[Any]:
         """``Producer._run_replicated``: the script and WAIT on one connection, one trip."""
@@ -100,6 +126,32 @@ class AsyncProducer(ProducerBase):
                 continue
             return self.confirmed_or_raise(result, confirmed)
         raise redis.exceptions.NoScriptError("the enqueue script did not stay loaded")
+
+    async def warm(self, connections: int = WARM_CONNECTIONS) -> bool:
+        """Open ``connections`` Redis connections and load the enqueue script now, before
+        requests would: a cold uvicorn worker answered its first 16 requests in 24-30 ms
+        (docs/benchmarks.md, issue 15). False when Redis did not answer (within the socket
+        timeout): the connections then open on first use, as without this."""
+        pool = self.client.connection_pool
+        # Every one held until all are open: released at once, one would be taken again.
+        opened = await asyncio.gather(
+            *(pool.get_connection() for _ in range(connections)),  # type: ignore[no-untyped-call]
+            return_exceptions=True,
+        )
+        failures = [item for item in opened if isinstance(item, BaseException)]
+        for connection in opened:
+            if not isinstance(connection, BaseException):
+                await pool.release(connection)
+        for failure in failures:
+            if not isinstance(failure, redis.RedisError | OSError):
+                raise failure  # a bug, not an unreachable Redis
+        if failures:
+            return False
+        try:
+            await self.client.script_load(ENQUEUE_LUA)
+        except (redis.RedisError, OSError):
+            return False
+        return True
 
     async def ping(self) -> bool:
         """Whether Redis answers now (one try, within the socket timeout)."""

@@ -51,6 +51,7 @@ __all__ = [
     "request_body",
     "validate_job",
     "validate_payload",
+    "validate_payload_body",
     "validate_store_id",
 ]
 
@@ -345,6 +346,12 @@ def _json_problems(value: object) -> list[tuple[tuple[Any, ...], str]]:
     return problems
 
 
+#: Compact JSON, text as it is; NaN and Infinity refused (the walk refuses them too).
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+#: raw_decode: what json.loads does, without its two whitespace matches (none is written).
+_JSON_DECODER = json.JSONDecoder()
+
+
 def request_body(payload: dict[str, Any]) -> bytes:
     """The bytes the worker POSTs for ``payload``: compact JSON, UTF-8, text as it is."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -364,29 +371,72 @@ def check_payload_size(payload: dict[str, Any], limit: int) -> int:
     return size
 
 
-def _payload_problems(
+def _plain_body(payload: dict[str, Any]) -> bytes | None:
+    """``request_body(payload)`` when the walk (``_json_problems``) would find nothing;
+    None when it may find something, and must then run to say what.
+
+    The same verdict at C speed, for the common case. The encoder refuses NaN, Infinity,
+    cycles and what is not JSON (it recurses in C, within the recursion limit, and raises
+    RecursionError rather than crash); the UTF-8 encode refuses lone surrogates. Nesting
+    is bounded by the number of brackets, walked only when there are more. Decoding the
+    text again shows a key that was not a string (1 comes back as "1"; a tuple comes back
+    as a list, and goes to the walk, which accepts it). The walk, a Python step per value,
+    was 40 % of validating an event (docs/benchmarks.md, issue 15, third pass)."""
+    try:
+        text = _JSON_ENCODER.encode(payload)
+        body = text.encode("utf-8")
+    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        return None
+    # A bracket inside a string counts too: never fewer brackets than levels.
+    if text.count("{") + text.count("[") > MAX_PAYLOAD_DEPTH and nested_deeper_than(
+        payload, MAX_PAYLOAD_DEPTH
+    ):
+        return None
+    if _JSON_DECODER.raw_decode(text)[0] != payload:  # at most 32 levels: no deep recursion
+        return None
+    return body
+
+
+def _checked_payload(
     payload: object, prefix: str, root: str, max_bytes: int
-) -> list[tuple[str, str]]:
+) -> tuple[list[tuple[str, str]], bytes | None]:
+    """The problems of ``payload``, and its request body when it has none."""
     if not isinstance(payload, dict):
-        return [(root, f"must be an object, not {_kind(payload)}")]
-    problems = [(_path(prefix, loc, root), message) for loc, message in _json_problems(payload)]
+        return [(root, f"must be an object, not {_kind(payload)}")], None
+    problems: list[tuple[str, str]] = []
+    body = _plain_body(payload)
+    if body is None:
+        problems = [(_path(prefix, loc, root), message) for loc, message in _json_problems(payload)]
     if not problems:
         # The walk above found nothing json.dumps would choke on (no cycle, no depth it
         # would recurse into), so measuring is safe; and it comes before the schema, whose
         # check of a huge list is the slow part of refusing it.
         try:
-            size = len(request_body(payload))
+            if body is None:
+                body = request_body(payload)
         except (TypeError, ValueError) as exc:  # the walk should catch all; this is the authority
-            return [(root, f"must be JSON-serialisable: {exc}")]
-        if size > max_bytes:
-            return [(root, _size_problem(size, max_bytes))]
+            return [(root, f"must be JSON-serialisable: {exc}")], None
+        if len(body) > max_bytes:
+            return [(root, _size_problem(len(body), max_bytes))], None
     try:
         EventRequest.model_validate(payload)
     except ValidationError as exc:
         more = problems
         problems = _pydantic_problems(exc, prefix, root)
         _merge(problems, more)
-    return problems
+    return problems, None if problems else body
+
+
+def validate_payload_body(
+    payload: object, *, max_bytes: int = MAX_PAYLOAD_BYTES
+) -> tuple[dict[str, Any], bytes]:
+    """``validate_payload``, and the payload's ``request_body``, made on the way: the
+    producer puts those bytes into the message rather than encoding the payload again."""
+    problems, body = _checked_payload(payload, prefix="", root="payload", max_bytes=max_bytes)
+    if problems:
+        raise InvalidEvent(problems)
+    assert isinstance(payload, dict) and body is not None  # no problems: both were made
+    return payload, body
 
 
 def validate_payload(payload: object, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> dict[str, Any]:
@@ -396,11 +446,7 @@ def validate_payload(payload: object, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> 
     request body would be over ``max_bytes`` is refused as ``payload: N bytes, more than
     SNACKVIDEO_MAX_PAYLOAD_BYTES (max_bytes)``.
     """
-    problems = _payload_problems(payload, prefix="", root="payload", max_bytes=max_bytes)
-    if problems:
-        raise InvalidEvent(problems)
-    assert isinstance(payload, dict)  # _payload_problems refuses anything else
-    return payload
+    return validate_payload_body(payload, max_bytes=max_bytes)[0]
 
 
 def validate_job(kwargs: object, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> JobMessage:
@@ -415,7 +461,7 @@ def validate_job(kwargs: object, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES) 
     except ValidationError as exc:
         problems = _pydantic_problems(exc, prefix="", root="kwargs")
     if isinstance(kwargs.get("payload"), dict):  # a non-dict payload is reported above
-        more = _payload_problems(
+        more, _ = _checked_payload(
             kwargs["payload"], prefix="payload.", root="payload", max_bytes=max_payload_bytes
         )
         _merge(problems, more)

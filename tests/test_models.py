@@ -556,3 +556,16 @@ def test_job_kwargs_not_a_dict(kwargs: object) -> None:
     with pytest.raises(InvalidEvent) as info:
         validate_job(kwargs)
     assert info.value.fields == ["kwargs"]
+
+
+def test_a_shallow_payload_with_more_brackets_than_levels_is_accepted() -> None:
+    # More containers than MAX_PAYLOAD_DEPTH, none deeper than 3 levels: the bracket count
+    # sends it to the exact depth walk, which lets it through.
+    variants = [{"variant_unique_id": f"v{i}", "quantity": 1} for i in range(MAX_PAYLOAD_DEPTH)]
+    payload = good_payload(variants=variants, extra=[[], [{}], "[[[{{{"])
+    assert validate_payload(payload) is payload
+
+
+def test_a_tuple_is_accepted_and_posted_as_a_list() -> None:
+    payload = good_payload(extra=("a", 1))
+    assert validate_payload(payload) is payload
