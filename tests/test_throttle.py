@@ -47,6 +47,12 @@ def throttle(make_throttle: Callable[..., Throttle]) -> Throttle:
     return make_throttle()
 
 
+def instant(when: float) -> Any:
+    """``when`` (epoch seconds) to the millisecond: ``pytest.approx``'s relative default
+    is ±1,750 s at these magnitudes, which no assertion on a reset could fail."""
+    return pytest.approx(when, abs=1e-3)
+
+
 def field(client: redis.Redis, name: str) -> float | None:
     value = client.hget(throttle_key(SCOPE), name)
     return float(value) if value is not None else None
@@ -125,7 +131,7 @@ def test_a_new_server_window_is_taken_at_its_word(
     # The server's window rolled over before ours: its count went back up.
     throttle.record(SCOPE, 204, headers(10, 9, 1), now=T0 + 0.51)
     assert field(redis_client, "remaining") == 9
-    assert field(redis_client, "reset_at") == pytest.approx(T0 + 1.51, abs=1e-3)
+    assert field(redis_client, "reset_at") == instant(T0 + 1.51)
 
 
 def test_a_late_answer_from_the_old_window_does_not_empty_the_new_one(
@@ -137,7 +143,7 @@ def test_a_late_answer_from_the_old_window_does_not_empty_the_new_one(
     # A's answer arrives late and speaks of the old window (nothing left).
     throttle.record(SCOPE, 204, headers(5, 0, 1), now=T0 + 1.02)
     assert field(redis_client, "remaining") == 4  # counted, in case it landed in the new one
-    assert field(redis_client, "reset_at") == pytest.approx(T0 + 2.01, abs=1e-3)
+    assert field(redis_client, "reset_at") == instant(T0 + 2.01)
 
 
 def test_missing_or_garbage_headers_keep_the_last_known_state(
@@ -151,17 +157,17 @@ def test_missing_or_garbage_headers_keep_the_last_known_state(
     # Each answer without a count is assumed to have cost one unit.
     assert field(redis_client, "limit") == 10
     assert field(redis_client, "remaining") == 4
-    assert field(redis_client, "reset_at") == pytest.approx(T0 + 8, abs=1e-3)
+    assert field(redis_client, "reset_at") == instant(T0 + 8)
 
 
 def test_epoch_seconds_and_epoch_milliseconds_resets(
     throttle: Throttle, redis_client: redis.Redis
 ) -> None:
     learn(throttle, T0, limit=10, remaining=9, reset=T0 + 4)  # epoch seconds
-    assert field(redis_client, "reset_at") == pytest.approx(T0 + 4, abs=1e-3)
+    assert field(redis_client, "reset_at") == instant(T0 + 4)
     redis_client.delete(throttle_key(SCOPE))
     learn(throttle, T0, limit=10, remaining=9, reset=int((T0 + 2.5) * 1000))  # epoch ms
-    assert field(redis_client, "reset_at") == pytest.approx(T0 + 2.5, abs=1e-3)
+    assert field(redis_client, "reset_at") == instant(T0 + 2.5)
 
 
 def test_no_rate_limit_headers_ever_means_the_default_rate(throttle: Throttle) -> None:
@@ -182,7 +188,7 @@ def test_whole_second_resets_are_narrowed_by_the_learned_window(
     # Announced: T0 + 2, 0.695 s late. Nothing is known of the window yet and the reset is
     # less than two seconds away: it is taken as one second long, which a 1 s window that
     # held our request cannot outlast (it ends by the answer + 1 s).
-    assert field(redis_client, "reset_at") == pytest.approx(t0 + 1.01, abs=1e-3)
+    assert field(redis_client, "reset_at") == instant(t0 + 1.01)
     for left in range(23, -1, -1):  # the window's other answers
         throttle.record(SCOPE, 204, headers(25, left, int(T0) + 2), now=t0 + 0.5)
     # The tracked reset passed: a refill, and the first request after the true end opens
@@ -198,7 +204,7 @@ def test_whole_second_resets_are_narrowed_by_the_learned_window(
     # answer + 1 s, not the announced T0 + 3 (0.67 s late) nor the answer + 1.03 s.
     true_reset = t0 + 1.025 + 1
     reset_at = field(redis_client, "reset_at")
-    assert reset_at is not None and true_reset <= reset_at == pytest.approx(t0 + 2.03, abs=1e-3)
+    assert reset_at is not None and true_reset <= reset_at == instant(t0 + 2.03)
     # A 429 says the model let a request through too early: forget what was learned.
     throttle.record(SCOPE, 429, headers(25, 0, int(T0) + 3), now=t0 + 1.5)
     assert field(redis_client, "window_bound") is None

@@ -95,6 +95,15 @@ def drive(client: redis.Redis, server: Server, start: float, latencies: list[flo
         now += latency
 
 
+def assert_refused_at_most(
+    client: redis.Redis, server: Server, start: float, latencies: list[float], allowed: int
+) -> None:
+    """Drive a run against ``server`` and check it refused no more than ``allowed``."""
+    drive(client, server, T0 + start, latencies)
+    assert server.refused <= allowed, (server.windows, server.count)
+    assert server.accepted > 0
+
+
 @PROPERTY
 @given(
     alignment=st.sampled_from(["first-request", "clock"]),
@@ -111,13 +120,10 @@ def test_no_request_enters_a_full_window(
     start: float,
     latencies: list[float],
 ) -> None:
-    server = Server(alignment, style, phase)
-    drive(redis_client, server, T0 + start, latencies)
     # Epoch seconds on a clock the server aligns elsewhere than whole seconds is the one
     # case that may cost a 429: it teaches the throttle that the windows are not ours.
     allowed = 1 if style == "epoch" and alignment == "clock" else 0
-    assert server.refused <= allowed, (server.windows, server.count)
-    assert server.accepted > 0
+    assert_refused_at_most(redis_client, Server(alignment, style, phase), start, latencies, allowed)
 
 
 @PROPERTY
@@ -136,10 +142,7 @@ def test_whole_second_clock_windows_with_epoch_second_resets_cost_no_429(
     after the server's whole second and taught a window of 0.9993 s: the refill came 1 ms
     early, a 429. A bound that close under a whole second is now taken as the whole
     second (rounding a bound up is safe), and no run draws a 429."""
-    server = Server("clock", "epoch", phase=0.0)
-    drive(redis_client, server, T0 + start, latencies)
-    assert server.refused == 0, (server.windows, server.count)
-    assert server.accepted > 0
+    assert_refused_at_most(redis_client, Server("clock", "epoch", phase=0.0), start, latencies, 0)
 
 
 @PROPERTY
@@ -165,7 +168,4 @@ def test_windows_other_than_a_second_cost_at_most_the_one_429_of_a_wrong_guess(
     2 s window joined in its first second, refills early once, and that 429 ends the
     guessing for the state. Delta seconds and epoch milliseconds guess nothing."""
     server = Server(alignment, style, phase % window, window=window)
-    drive(redis_client, server, T0 + start, latencies)
-    allowed = 1 if style == "epoch" else 0
-    assert server.refused <= allowed, (server.windows, server.count)
-    assert server.accepted > 0
+    assert_refused_at_most(redis_client, server, start, latencies, 1 if style == "epoch" else 0)
