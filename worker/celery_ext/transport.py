@@ -68,6 +68,7 @@ from worker.keys import (
     consumer_taken_key,
     consumer_taking_key,
 )
+from worker.round_trip import Command, transaction
 
 log = logging.getLogger("snackvideo.transport")
 
@@ -137,31 +138,42 @@ class SafeQoS(kombu_redis.QoS):
 
     def append(self, message: Any, delivery_tag: str) -> None:
         # kombu's QoS.append, plus the two ownership writes in the same MULTI, and the
-        # index scored on the Redis clock.
+        # index scored on the Redis clock; sent as one write (worker.round_trip).
         delivery = message.delivery_info
         exchange, routing_key = delivery["exchange"], delivery["routing_key"]
         owner = self.incarnation or self.start_owning()
-        with self.pipe_or_acquire() as pipe:
-            pipe.zadd(self.unacked_index_key, {delivery_tag: self.clock.now()})
-            entry = dumps([message._raw, exchange, routing_key])  # type: ignore[no-untyped-call]
-            pipe.hset(self.unacked_key, delivery_tag, entry)
-            pipe.hset(TAKEN_BY, delivery_tag, owner)
-            pipe.sadd(consumer_taken_key(owner), delivery_tag)
-            in_taking = self.channel.being_taken
-            if in_taking is not None:  # out of the taking list in the same step
-                pipe.lrem(in_taking.taking_key, 1, in_taking.item)
-            pipe.execute()
-            self.channel.being_taken = None
-            virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
+        entry = dumps([message._raw, exchange, routing_key])  # type: ignore[no-untyped-call]
+        commands: list[Command] = [
+            ("ZADD", self.unacked_index_key, self.clock.now(), delivery_tag),
+            ("HSET", self.unacked_key, delivery_tag, entry),
+            ("HSET", TAKEN_BY, delivery_tag, owner),
+            ("SADD", consumer_taken_key(owner), delivery_tag),
+        ]
+        in_taking = self.channel.being_taken
+        if in_taking is not None and in_taking.taking_key is not None:
+            # out of the taking list in the same step
+            commands.append(("LREM", in_taking.taking_key, 1, in_taking.item))
+        with self.channel.conn_or_acquire() as client:
+            transaction(client, commands)
+        self.channel.being_taken = None
+        virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
+
+    def _removals(self, delivery_tag: str) -> list[Command]:
+        # The ack's MULTI (and a reject's): kombu's two removals, and this consumer's claim.
+        commands: list[Command] = [
+            ("ZREM", self.unacked_index_key, delivery_tag),
+            ("HDEL", self.unacked_key, delivery_tag),
+            ("HDEL", TAKEN_BY, delivery_tag),
+        ]
+        if self.incarnation is not None:
+            commands.append(("SREM", consumer_taken_key(self.incarnation), delivery_tag))
+        return commands
 
     def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
-        # The ack's MULTI (and a reject's): kombu's two removals, and this consumer's claim.
+        # kombu's reject (without requeue) executes what this returns.
         with self.pipe_or_acquire(pipe) as pipe:
-            pipe.zrem(self.unacked_index_key, delivery_tag)
-            pipe.hdel(self.unacked_key, delivery_tag)
-            pipe.hdel(TAKEN_BY, delivery_tag)
-            if self.incarnation is not None:
-                pipe.srem(consumer_taken_key(self.incarnation), delivery_tag)
+            for command in self._removals(delivery_tag):
+                pipe.execute_command(*command)
             return pipe
 
     def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
@@ -320,7 +332,10 @@ class SafeQoS(kombu_redis.QoS):
             self._after_close(delivery_tag, "ack")
             return
         try:
-            super().ack(delivery_tag)  # type: ignore[no-untyped-call]
+            # kombu's ack (the removals' MULTI, then the local slot), in one write.
+            with self.channel.conn_or_acquire() as client:
+                transaction(client, self._removals(delivery_tag))
+            virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
         except redis.RedisError as exc:
             # Still in `unacked`: it comes back (see _give_up_slot), and its
             # delivered-marker keeps it from being sent again.

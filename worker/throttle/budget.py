@@ -65,6 +65,7 @@ from worker.keys import (
     throttle_key,
 )
 from worker.lua_scripts import lua_source
+from worker.round_trip import evalsha
 from worker.throttle.headers import RateLimitHeaders, parse_rate_limit_headers
 
 if TYPE_CHECKING:
@@ -189,9 +190,11 @@ class Throttle:
         keys = [throttle_key(scope), throttle_in_flight_key(scope)]
         if marks is not None:
             keys += [marks.delivered_key, DLQ_ENTRIES, marks.taken_key, marks.generation_key]
-        wait_raw, now_raw = self._acquire(
-            keys=keys,
-            args=[
+        wait_raw, now_raw = evalsha(
+            self.client,
+            self._acquire,
+            keys,
+            [
                 _arg(now),
                 token,
                 self.in_flight_lease_seconds,
@@ -240,9 +243,11 @@ class Throttle:
         keys = [throttle_key(scope), throttle_in_flight_key(scope), THROTTLE_SCOPES]
         if delivered is not None:
             keys.append(delivered.delivered_key)
-        self._record(
-            keys=keys,
-            args=[
+        evalsha(
+            self.client,
+            self._record,
+            keys,
+            [
                 _arg(now),
                 token,
                 _arg(acquired_at),

@@ -269,13 +269,22 @@ local fields = {
 local names = {'limit', 'remaining', 'reset_at', 'window_s', 'window_bound',
   'window_started_at', 'window_opened_at', 'blocked_until', 'provisional', 'updated_at',
   'rollover_after', 'sent_max', 'foreign_phase', 'count_seen', 'count_seen_at', 'reset_seen'}
+-- One HSET of what changed and one HDEL of what is gone: each redis.call costs about
+-- 2 us of Redis CPU, and a field per call was 16 calls per answer (issue 16).
+local changed, gone = {}, {}
 for _, name in ipairs(names) do
-  if fields[name] ~= nil then
-    redis.call('HSET', KEYS[1], name, fields[name])
-  else
-    redis.call('HDEL', KEYS[1], name)
+  local value = fields[name]
+  if value ~= nil then
+    if tostring(value) ~= s[name] then
+      changed[#changed + 1] = name
+      changed[#changed + 1] = value
+    end
+  elseif s[name] ~= nil then
+    gone[#gone + 1] = name
   end
 end
+if #changed > 0 then redis.call('HSET', KEYS[1], unpack(changed)) end
+if #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)) end
 -- The spread was paced over the window as acquire knew it. An answer that ends the window
 -- sooner (the server's reset replacing a provisional guess, a day-long reset replaced by
 -- a second) leaves a next slot past the window's end: a stall the server never asked for.
@@ -321,11 +330,19 @@ if default_rate and not limit and not informative and (status or rate_limited) t
       rate = math.min(rate, max_rate, math.max(default_rate, 4 * (observed or rate)))
     end
   end
-  redis.call('HSET', KEYS[1], 'adaptive_rate', fmt(rate), 'adaptive_cut_at', fmt(cut_at),
-    'adaptive_seen_at', fmt(seen_at), 'adaptive_seen', seen)
-  if ceiling then redis.call('HSET', KEYS[1], 'adaptive_ceiling', fmt(ceiling))
-  else redis.call('HDEL', KEYS[1], 'adaptive_ceiling') end
-  if observed then redis.call('HSET', KEYS[1], 'adaptive_observed', fmt(observed)) end
+  local adaptive = {'adaptive_rate', fmt(rate), 'adaptive_cut_at', fmt(cut_at),
+    'adaptive_seen_at', fmt(seen_at), 'adaptive_seen', seen}
+  if ceiling then
+    adaptive[#adaptive + 1] = 'adaptive_ceiling'
+    adaptive[#adaptive + 1] = fmt(ceiling)
+  elseif s['adaptive_ceiling'] then
+    redis.call('HDEL', KEYS[1], 'adaptive_ceiling')
+  end
+  if observed then
+    adaptive[#adaptive + 1] = 'adaptive_observed'
+    adaptive[#adaptive + 1] = fmt(observed)
+  end
+  redis.call('HSET', KEYS[1], unpack(adaptive))
 end
 
 redis.call('PEXPIRE', KEYS[1], ttl_ms)
