@@ -34,6 +34,7 @@ from producers.models import (
     validate_payload,
 )
 from worker.bounded_json import kept_raw
+from worker.celery_ext.body_guard import may_nest_deeper_than
 from worker.cli.dlq import list_row, show_text
 from worker.deadletter.store import DEFAULT_RAW_MAX_CHARS, MAX_STORED_DEPTH, DeadLetter
 from worker.escaping import log_field
@@ -285,3 +286,22 @@ def test_a_log_field_is_one_printable_token_that_gives_the_value_back(value: Any
     assert field.isprintable() and field
     assert json.loads(field) == text if field.startswith('"') else field == text
     assert " " not in field or field.startswith('"')
+
+
+@PROPERTY
+@given(
+    body=st.lists(json_like(keys=any_text) | deep_values, max_size=3),
+    limit=st.integers(0, 80),
+    as_bytes=st.booleans(),
+)
+def test_the_bracket_count_never_lets_a_deeper_body_skip_the_walk(
+    body: list[Any], limit: int, as_bytes: bool
+) -> None:
+    # body_guard skips the nesting walk when the body's text opens no more than `limit`
+    # brackets; that must never hide a body the walk would refuse.
+    try:
+        text = json.dumps(body)
+    except (ValueError, RecursionError):
+        return  # not a body a producer could have written
+    if not may_nest_deeper_than(text.encode() if as_bytes else text, limit):
+        assert not nested_deeper_than(body, limit)

@@ -63,16 +63,16 @@ def transaction(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
     first error: one the server refused to queue (a full ``noeviction`` Redis's OOM,
     which aborts the whole transaction), else one a command met inside it."""
     replies = round_trip(client, [("MULTI",), *commands, ("EXEC",)])
-    for reply in replies[:-1]:
+    (results,) = checked(replies)[-1:]
+    return checked(results)
+
+
+def checked(replies: list[Any]) -> list[Any]:
+    """``replies``, unless one is an error: then the first error is raised."""
+    for reply in replies:
         if isinstance(reply, redis.ResponseError):
             raise reply
-    results = replies[-1]
-    if isinstance(results, redis.ResponseError):
-        raise results
-    for result in results:
-        if isinstance(result, redis.ResponseError):
-            raise result
-    return results  # type: ignore[no-any-return]
+    return replies
 
 
 def evalsha(client: redis.Redis, script: Script, keys: Sequence[str], args: Command) -> Any:

@@ -50,6 +50,18 @@ def body_problem(body: Any) -> str | None:
     return None
 
 
+def may_nest_deeper_than(text: Any, limit: int) -> bool:
+    """False when the body's JSON text opens no more than ``limit`` brackets: nothing in
+    it can then nest deeper, and the walk of the decoded body (11 µs per message in the
+    main process, issue 16) is not needed. A bracket inside a string only counts one too
+    many."""
+    if isinstance(text, str):
+        return text.count("[") + text.count("{") > limit
+    if isinstance(text, bytes | bytearray):
+        return text.count(b"[") + text.count(b"{") > limit
+    return True  # not text: walk it
+
+
 def guarded(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
     """Celery's default strategy, after a check that the body can be unpacked at all."""
     handle = default(task, app, consumer, **kwargs)
@@ -69,7 +81,9 @@ def guarded(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
                 else:
                     problem = f"message body is not valid JSON: {exc}"
             else:
-                if nested_deeper_than(raw, MAX_BODY_DEPTH):
+                if may_nest_deeper_than(message.body, MAX_BODY_DEPTH) and nested_deeper_than(
+                    raw, MAX_BODY_DEPTH
+                ):
                     problem = f"message body is nested deeper than {MAX_BODY_DEPTH} levels"
                 else:
                     problem = body_problem(raw)

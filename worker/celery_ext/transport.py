@@ -68,7 +68,7 @@ from worker.keys import (
     consumer_taken_key,
     consumer_taking_key,
 )
-from worker.round_trip import Command, transaction
+from worker.round_trip import Command, checked, round_trip, transaction
 
 log = logging.getLogger("snackvideo.transport")
 
@@ -425,6 +425,17 @@ class SafeChannel(kombu_redis.Channel):
         if cached is None or cached.connection_pool is not pool:
             cached = self._sync_client = self._create_client()  # type: ignore[no-untyped-call]
         yield cached
+
+    def _put_fanout(self, exchange: Any, message: Any, routing_key: Any, **kwargs: Any) -> None:
+        # kombu's, with the PUBLISHes in one write (worker.round_trip): with task events on
+        # (Flower), the main process publishes three events per task.
+        if kwargs.get("_publish_batch") is not None:
+            super()._put_fanout(exchange, message, routing_key, **kwargs)  # type: ignore[no-untyped-call]
+            return
+        topics = self._get_publish_topics(exchange, routing_key)  # type: ignore[no-untyped-call]
+        payload = dumps(message)  # type: ignore[no-untyped-call]
+        with self.conn_or_acquire() as client:
+            checked(round_trip(client, [("PUBLISH", topic, payload) for topic in topics]))
 
     #: The taken job being recorded now (QoS.append removes it from the taking list).
     being_taken: Held | None = None
