@@ -7,7 +7,8 @@ a per-command parse for HIMPORT, closures and argument encoding in Python. On th
 2-core benchmark machine a Lua call through ``Script`` cost 137 µs of client CPU, the
 same call sent here 74 µs; a five-command ``MULTI`` 122 against 75 µs (``docs/benchmarks.md``,
 issue 16). A delivery makes four such round trips (the two throttle scripts in the pool
-child; kombu's ``QoS.append`` and ack transactions in the main process).
+child; kombu's ``QoS.append`` and ack transactions in the main process), and with task
+events on (Flower) the main process publishes three events per task.
 
 What is kept is what makes a round trip safe: the client's own pool (so a fork, a
 Sentinel failover or a reconnect is handled as before), the connection's health check
