@@ -281,6 +281,18 @@ def _encodes_as_utf8(text: str) -> bool:
     return True
 
 
+def may_nest_deeper_than(text: object, limit: int) -> bool:
+    """False when ``text``, a value's JSON (str or bytes), opens no more than ``limit``
+    brackets: the value cannot nest deeper, and its walk (``nested_deeper_than``, a Python
+    step per value) is not needed. A bracket inside a string counts too: never fewer
+    brackets than levels. Anything but text: True (walk it)."""
+    if isinstance(text, str):
+        return text.count("{") + text.count("[") > limit
+    if isinstance(text, bytes | bytearray):
+        return text.count(b"{") + text.count(b"[") > limit
+    return True
+
+
 def nested_deeper_than(value: object, limit: int) -> bool:
     """Whether containers (dicts, lists, tuples) nest more than ``limit`` levels in
     ``value``. An explicit stack, not recursion: the value may be nested far deeper than
@@ -387,8 +399,7 @@ def _plain_body(payload: dict[str, Any]) -> bytes | None:
         body = text.encode("utf-8")
     except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
         return None
-    # A bracket inside a string counts too: never fewer brackets than levels.
-    if text.count("{") + text.count("[") > MAX_PAYLOAD_DEPTH and nested_deeper_than(
+    if may_nest_deeper_than(text, MAX_PAYLOAD_DEPTH) and nested_deeper_than(
         payload, MAX_PAYLOAD_DEPTH
     ):
         return None

@@ -28,13 +28,13 @@ from producers.models import (
     JobMessage,
     _json_problems,
     _plain_body,
+    may_nest_deeper_than,
     nested_deeper_than,
     request_body,
     validate_job,
     validate_payload,
 )
 from worker.bounded_json import kept_raw
-from worker.celery_ext.body_guard import may_nest_deeper_than
 from worker.cli.dlq import list_row, show_text
 from worker.deadletter.store import DEFAULT_RAW_MAX_CHARS, MAX_STORED_DEPTH, DeadLetter
 from worker.escaping import log_field
@@ -297,8 +297,8 @@ def test_a_log_field_is_one_printable_token_that_gives_the_value_back(value: Any
 def test_the_bracket_count_never_lets_a_deeper_body_skip_the_walk(
     body: list[Any], limit: int, as_bytes: bool
 ) -> None:
-    # body_guard skips the nesting walk when the body's text opens no more than `limit`
-    # brackets; that must never hide a body the walk would refuse.
+    # body_guard and _plain_body skip the nesting walk when the text opens no more than
+    # `limit` brackets; that must never hide a value the walk would refuse.
     try:
         text = json.dumps(body)
     except (ValueError, RecursionError):

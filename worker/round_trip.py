@@ -85,6 +85,4 @@ def evalsha(client: redis.Redis, script: Script, keys: Sequence[str], args: Comm
     if isinstance(reply, NoScriptError):
         script.sha = client.script_load(script.script)
         (reply,) = round_trip(client, [("EVALSHA", script.sha, *command[2:])])
-    if isinstance(reply, redis.ResponseError):
-        raise reply
-    return reply
+    return checked([reply])[0]
